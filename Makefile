@@ -1,0 +1,44 @@
+# switchboard: `make demo` runs it, `make test` tests it.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+GO ?= go
+export CGO_ENABLED ?= 0
+
+.PHONY: build test test-deps lint unit e2e fuzz demo bench clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/switchboard ./cmd/switchboard
+
+test-deps:
+	./scripts/test-deps.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+# -race needs cgo.
+unit:
+	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: test-deps
+	$(GO) test -count=1 -timeout 15m ./e2e/
+
+test: test-deps lint unit e2e
+
+# Each fuzz target for FUZZTIME; new finds land in the build cache, crashers
+# in testdata/fuzz (commit them as regression seeds).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./internal/sshd/ -run '^$$' -fuzz FuzzParsePayloads -fuzztime $(FUZZTIME)
+	@for f in $$($(GO) test ./internal/policy/ -list 'Fuzz.*' | grep ^Fuzz); do \
+	  $(GO) test ./internal/policy/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
+
+demo: build
+	./scripts/demo.sh
+
+bench: build test-deps
+	$(GO) run ./bench -switchboard bin/switchboard
+
+clean:
+	rm -rf bin

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchboard-dev/switchboard/internal/server"
+	"github.com/switchboard-dev/switchboard/internal/sshd"
+)
+
+func serveCommand(stderr io.Writer) *cobra.Command {
+	o := server.Options{Version: version}
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the switchboard server (the pivot devices and operators connect to)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if err := o.Validate(); err != nil {
+				return usageError{err}
+			}
+			logger, err := newLogger(stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			reload := make(chan struct{}, 1)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						select {
+						case reload <- struct{}{}:
+						default: // a reload is already pending
+						}
+					}
+				}
+			}()
+			return server.Run(ctx, o, logger, reload)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Listen, "listen", ":2222", "address to accept SSH connections on")
+	f.StringVar(&o.StateDir, "state-dir", "./switchboard-data", "directory for the host key, authorized_keys and server state")
+	f.StringVar(&o.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file (default STATE-DIR/authorized_keys)")
+	f.StringArrayVar(&o.HostKeys, "host-key", nil, "host private key file; repeatable (default STATE-DIR/ssh_host_ed25519_key, created if missing)")
+	f.StringVar(&o.Domain, "domain", "", "domain suffix operators may append to device names")
+	f.DurationVar(&o.KeepaliveInterval, "keepalive-interval", sshd.DefaultKeepaliveInterval, "how often to check that a client is alive")
+	f.IntVar(&o.KeepaliveCount, "keepalive-count", sshd.DefaultKeepaliveCountMax, "unanswered keepalive intervals before a client is dropped")
+	f.DurationVar(&o.HandshakeTimeout, "handshake-timeout", sshd.DefaultHandshakeTimeout, "time allowed to complete the SSH handshake and authentication")
+	f.IntVar(&o.MaxUnauthPerSource, "max-unauth-per-source", sshd.DefaultMaxUnauthPerSource, "concurrent unauthenticated connections allowed from one IP address")
+	f.DurationVar(&o.ShutdownGrace, "shutdown-grace", 5*time.Second, "how long open circuits may finish after SIGTERM")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

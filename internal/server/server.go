@@ -1,0 +1,177 @@
+// Package server assembles `switchboard serve`: the state dir, host keys,
+// the authorized_keys store with its reloads, the board and the SSH front
+// end, and runs them until the context ends.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/switchboard-dev/switchboard/internal/board"
+	"github.com/switchboard-dev/switchboard/internal/hostkey"
+	"github.com/switchboard-dev/switchboard/internal/policy"
+	"github.com/switchboard-dev/switchboard/internal/sshd"
+)
+
+// Options is the server's configuration, read once from the command line.
+type Options struct {
+	Listen         string
+	StateDir       string
+	AuthorizedKeys string   // default StateDir/authorized_keys
+	HostKeys       []string // default StateDir/ssh_host_ed25519_key, created if missing
+	Domain         string
+
+	KeepaliveInterval  time.Duration
+	KeepaliveCount     int
+	HandshakeTimeout   time.Duration
+	MaxUnauthPerSource int
+	// ShutdownGrace is how long open circuits may run on after SIGTERM.
+	ShutdownGrace time.Duration
+
+	Version string
+}
+
+// DefaultHostKeyFile is the host key created in the state dir.
+const DefaultHostKeyFile = "ssh_host_ed25519_key"
+
+// Validate fills the defaults that depend on other options and checks the
+// rest; its errors are usage errors.
+func (o *Options) Validate() error {
+	if o.Listen == "" {
+		return errors.New("--listen must not be empty")
+	}
+	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
+		return fmt.Errorf("--listen %q: %w", o.Listen, err)
+	}
+	if o.StateDir == "" {
+		return errors.New("--state-dir must not be empty")
+	}
+	if o.AuthorizedKeys == "" {
+		o.AuthorizedKeys = filepath.Join(o.StateDir, "authorized_keys")
+	}
+	if o.Domain != "" {
+		if _, err := policy.CanonicalName(o.Domain); err != nil {
+			return fmt.Errorf("--domain %q: %w", o.Domain, err)
+		}
+	}
+	switch {
+	case o.KeepaliveInterval < 0, o.KeepaliveCount < 0, o.HandshakeTimeout < 0, o.ShutdownGrace < 0:
+		return errors.New("durations and counts must not be negative")
+	case o.MaxUnauthPerSource < 0:
+		return errors.New("--max-unauth-per-source must not be negative")
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully. Each value received
+// on reload (SIGHUP) re-reads authorized_keys; the file is also watched.
+func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan struct{}) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return fmt.Errorf("server: state dir: %w", err)
+	}
+	keys, err := loadHostKeys(o, logger)
+	if err != nil {
+		return err
+	}
+	store := policy.NewStore(o.AuthorizedKeys, logger.With("component", "policy"))
+	if _, err := store.Load(); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	srv, err := sshd.New(sshd.Config{
+		HostKeys:           keys,
+		Policy:             store.Policy,
+		Board:              board.New(time.Now),
+		Logger:             logger,
+		Domain:             o.Domain,
+		KeepaliveInterval:  o.KeepaliveInterval,
+		KeepaliveCountMax:  o.KeepaliveCount,
+		HandshakeTimeout:   o.HandshakeTimeout,
+		MaxUnauthPerSource: o.MaxUnauthPerSource,
+		Version:            o.Version,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan error, 1)
+	go func() { watchDone <- store.Watch(watchCtx, srv.Revalidate) }()
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		for {
+			select {
+			case <-watchCtx.Done():
+				return
+			case <-reload:
+				if p, err := store.Load(); err == nil {
+					srv.Revalidate(p)
+				}
+			}
+		}
+	}()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ln) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-serveDone:
+	}
+	grace, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+	defer cancel()
+	shutErr := srv.Shutdown(grace)
+	if serveErr == nil {
+		serveErr = <-serveDone
+	}
+	stopWatch()
+	<-reloadDone
+	if err := <-watchDone; err != nil && !errors.Is(err, context.Canceled) {
+		logger.Warn("authorized_keys watch ended", "error", err)
+	}
+	if errors.Is(serveErr, sshd.ErrServerClosed) {
+		serveErr = nil
+	}
+	if shutErr != nil {
+		logger.Warn("shutdown cut open circuits", "error", shutErr)
+	}
+	return serveErr
+}
+
+func loadHostKeys(o Options, logger *slog.Logger) ([]ssh.Signer, error) {
+	if len(o.HostKeys) == 0 {
+		path := filepath.Join(o.StateDir, DefaultHostKeyFile)
+		k, created, err := hostkey.LoadOrCreate(path)
+		if err != nil {
+			return nil, err
+		}
+		if created {
+			logger.Info("host key created", "path", path, "fingerprint", ssh.FingerprintSHA256(k.PublicKey()))
+		}
+		return []ssh.Signer{k}, nil
+	}
+	var keys []ssh.Signer
+	for _, path := range o.HostKeys {
+		k, err := hostkey.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}

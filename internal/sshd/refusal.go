@@ -1,0 +1,96 @@
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/switchboard-dev/switchboard/internal/board"
+)
+
+// refusal is what an operator reads when a channel is refused: one sentence
+// naming the device and the problem, kept apart from the internal cause that
+// only goes to the log.
+type refusal struct {
+	reason   ssh.RejectionReason
+	sentence string
+}
+
+func (r *refusal) Error() string { return r.sentence }
+
+func refuse(reason ssh.RejectionReason, format string, args ...any) *refusal {
+	return &refusal{reason: reason, sentence: "switchboard: " + fmt.Sprintf(format, args...)}
+}
+
+func noDevice(name string) *refusal {
+	return refuse(ssh.ConnectionFailed, "no device named %q", name)
+}
+
+func notPermitted(name string, port uint32) *refusal {
+	return refuse(ssh.Prohibited, "your key may not reach %q", fmt.Sprintf("%s:%d", name, port))
+}
+
+func offline(name string, lastSeen, now time.Time) *refusal {
+	if lastSeen.IsZero() {
+		return refuse(ssh.ConnectionFailed, "device %q is offline (never seen)", name)
+	}
+	return refuse(ssh.ConnectionFailed, "device %q is offline (last seen %s, %s ago)",
+		name, lastSeen.UTC().Format(time.RFC3339), ago(now.Sub(lastSeen)))
+}
+
+// refusalFor turns an error from board.Open into the operator's sentence.
+// reserved says whether the name belongs to an authorized_keys entry, which
+// makes a never-seen name "offline" rather than unknown.
+func refusalFor(err error, name string, port uint32, reserved bool, timeout time.Duration, now time.Time) *refusal {
+	var off *board.OfflineError
+	var noPort *board.NoPortError
+	var openErr *ssh.OpenChannelError
+	switch {
+	case errors.As(err, &off):
+		if off.LastSeen.IsZero() && !reserved {
+			return noDevice(name)
+		}
+		return offline(name, off.LastSeen, now)
+	case errors.As(err, &noPort):
+		return refuse(ssh.ConnectionFailed, "device %q does not expose port %d (%s)", name, port, exposes(noPort.Exposed))
+	case errors.As(err, &openErr):
+		msg := strings.TrimSpace(openErr.Message)
+		if msg == "" {
+			msg = openErr.Reason.String()
+		}
+		return refuse(ssh.ConnectionFailed, "device %q could not connect to its port %d: %s", name, port, msg)
+	case errors.Is(err, context.DeadlineExceeded):
+		return refuse(ssh.ConnectionFailed, "device %q did not answer within %s", name, timeout)
+	default:
+		return refuse(ssh.ConnectionFailed, "device %q went away before the circuit opened", name)
+	}
+}
+
+func exposes(ports []uint32) string {
+	if len(ports) == 0 {
+		return "it exposes no ports"
+	}
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = fmt.Sprint(p)
+	}
+	return "it exposes " + strings.Join(s, ", ")
+}
+
+// ago renders a duration the way a person says it: the largest unit only.
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	}
+}

@@ -1,0 +1,244 @@
+package sshd
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/switchboard-dev/switchboard/internal/board"
+	"github.com/switchboard-dev/switchboard/internal/policy"
+)
+
+const helpText = `switchboard commands (run as: ssh -p PORT SERVER COMMAND):
+  ls             list the devices your key may reach
+  ls --json      the same, as JSON for scripts
+  status NAME    one device in detail
+  help           this text
+Reach a device with: ssh -J SERVER NAME   (or -W NAME:PORT, -L, -D, scp -J, sftp -J)
+`
+
+// session serves operators' commands. Devices' keys get no session: they
+// have nothing to ask the server, and a shell would only widen what a stolen
+// device key can probe.
+func (c *conn) session(nc ssh.NewChannel) {
+	e, err := c.entry(c.srv.cfg.Policy())
+	if err != nil || e.Roles&policy.Initiate == 0 {
+		nc.Reject(ssh.Prohibited, `switchboard: this key has no operator access (access="initiate"); devices get no session`)
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	pty := false
+	for req := range reqs {
+		switch req.Type {
+		case "pty-req":
+			pty = true
+			req.Reply(true, nil)
+		case "env", "window-change":
+			if req.WantReply {
+				req.Reply(true, nil)
+			}
+		case "shell", "exec":
+			var cmd execRequest
+			if req.Type == "exec" {
+				if err := ssh.Unmarshal(req.Payload, &cmd); err != nil {
+					req.Reply(false, nil)
+					continue
+				}
+			}
+			req.Reply(true, nil)
+			var out io.Writer = ch
+			if pty {
+				// A pty puts the client's terminal in raw mode: lines need CR.
+				out = crlfWriter{ch}
+			}
+			status := c.runCommand(e, cmd.Command, out, ch.Stderr())
+			c.opLog.Info("command", "command", cmd.Command, "status", status)
+			ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: uint32(status)}))
+			ch.CloseWrite()
+			ch.Close()
+		default:
+			if req.WantReply {
+				req.Reply(false, nil)
+			}
+		}
+	}
+}
+
+// runCommand runs one session command and returns its exit status.
+func (c *conn) runCommand(e *policy.Entry, line string, stdout, stderr io.Writer) int {
+	args := strings.Fields(line)
+	if len(args) == 0 {
+		io.WriteString(stdout, helpText)
+		return 0
+	}
+	switch {
+	case args[0] == "help" || args[0] == "--help" || args[0] == "-h":
+		io.WriteString(stdout, helpText)
+		return 0
+	case args[0] == "ls" && len(args) == 1:
+		c.writeTable(stdout, c.listing(e))
+		return 0
+	case args[0] == "ls" && len(args) == 2 && args[1] == "--json":
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(c.listing(e))
+		return 0
+	case args[0] == "status" && len(args) == 2:
+		return c.status(e, args[1], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "switchboard: unknown command %q; try \"help\"\n", line)
+		return 2
+	}
+}
+
+// deviceRow is one device in `ls` and `ls --json`.
+type deviceRow struct {
+	Name    string   `json:"name"`
+	Aliases []string `json:"aliases"`
+	Ports   []uint32 `json:"ports"`
+	State   string   `json:"state"`
+	Since   string   `json:"since,omitempty"`
+	Remote  string   `json:"remote,omitempty"`
+}
+
+func row(in board.Info) deviceRow {
+	r := deviceRow{Name: in.Name, Aliases: in.Aliases, Ports: in.Ports, State: "offline", Remote: in.Remote}
+	if r.Aliases == nil {
+		r.Aliases = []string{}
+	}
+	if r.Ports == nil {
+		r.Ports = []uint32{}
+	}
+	if in.Connected {
+		r.State = "connected"
+	}
+	if !in.Since.IsZero() {
+		r.Since = in.Since.UTC().Format(time.RFC3339)
+	}
+	return r
+}
+
+// mayList reports whether the operator may reach name on any port; only
+// such devices are shown, so a listing reveals no more than a circuit would.
+func mayList(e *policy.Entry, name string) bool {
+	if len(e.PermitOpen) == 0 {
+		return true
+	}
+	for _, t := range e.PermitOpen {
+		if e.MayReach(name, max(t.Port, 1)) {
+			return true
+		}
+	}
+	return false
+}
+
+// listing is every device the key may reach: live, seen since the server
+// started, and reserved by authorized_keys but never seen.
+func (c *conn) listing(e *policy.Entry) []deviceRow {
+	devs := c.srv.cfg.Board.Devices()
+	known := map[string]bool{}
+	for _, d := range devs {
+		known[d.Name] = true
+		for _, a := range d.Aliases {
+			known[a] = true
+		}
+	}
+	for _, pe := range c.srv.cfg.Policy().Entries() {
+		if pe.Hostname != "" && pe.Roles&policy.Listen != 0 && !known[pe.Hostname] {
+			known[pe.Hostname] = true
+			devs = append(devs, board.Info{Name: pe.Hostname, Aliases: pe.Aliases})
+		}
+	}
+	rows := []deviceRow{}
+	for _, d := range devs {
+		if mayList(e, d.Name) {
+			rows = append(rows, row(d))
+		}
+	}
+	sortRows(rows)
+	return rows
+}
+
+func (c *conn) writeTable(w io.Writer, rows []deviceRow) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tALIASES\tPORTS\tSTATE\tSINCE\tREMOTE")
+	for _, r := range rows {
+		ports := make([]string, len(r.Ports))
+		for i, p := range r.Ports {
+			ports[i] = fmt.Sprint(p)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(strings.Join(r.Aliases, ",")),
+			dash(strings.Join(ports, ",")), r.State, dash(r.Since), dash(r.Remote))
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (c *conn) status(e *policy.Entry, target string, stdout, stderr io.Writer) int {
+	name, err := c.srv.resolve(target)
+	if err != nil || !mayList(e, name) {
+		// Unknown and forbidden read the same, so the command cannot be used
+		// to discover names the key may not reach.
+		fmt.Fprintf(stderr, "switchboard: no device named %q\n", target)
+		return 1
+	}
+	p := c.srv.cfg.Policy()
+	info, seen := c.srv.cfg.Board.Lookup(name)
+	if !seen {
+		if owner := p.Owner(name); owner != nil {
+			info.Aliases = owner.Aliases
+		} else {
+			fmt.Fprintf(stderr, "switchboard: no device named %q\n", target)
+			return 1
+		}
+	}
+	r := row(info)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
+	fmt.Fprintf(tw, "name:\t%s\n", r.Name)
+	fmt.Fprintf(tw, "aliases:\t%s\n", dash(strings.Join(r.Aliases, ", ")))
+	fmt.Fprintf(tw, "state:\t%s\n", r.State)
+	switch {
+	case info.Connected:
+		fmt.Fprintf(tw, "since:\t%s (%s ago)\n", r.Since, ago(c.srv.cfg.Now().Sub(info.Since)))
+		fmt.Fprintf(tw, "ports:\t%s\n", strings.TrimPrefix(exposes(info.Ports), "it exposes "))
+		fmt.Fprintf(tw, "remote:\t%s\n", r.Remote)
+		fmt.Fprintf(tw, "key:\t%s\n", info.Fingerprint)
+	case seen:
+		fmt.Fprintf(tw, "last seen:\t%s (%s ago)\n", r.Since, ago(c.srv.cfg.Now().Sub(info.Since)))
+	default:
+		fmt.Fprintf(tw, "last seen:\tnever\n")
+	}
+	tw.Flush()
+	return 0
+}
+
+// crlfWriter turns LF into CRLF for a client whose terminal is in raw mode.
+type crlfWriter struct{ w io.Writer }
+
+func (c crlfWriter) Write(p []byte) (int, error) {
+	if _, err := c.w.Write([]byte(strings.ReplaceAll(string(p), "\n", "\r\n"))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func sortRows(rows []deviceRow) {
+	slices.SortFunc(rows, func(a, b deviceRow) int { return cmp.Compare(a.Name, b.Name) })
+}
