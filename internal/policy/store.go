@@ -74,6 +74,10 @@ func (s *Store) Load() (*Policy, error) {
 		}
 	}
 	for _, e := range p.entries {
+		if e.CertAuthority {
+			s.logger.Warn("authorized_keys: cert-authority is not supported yet; the line admits no key",
+				"path", s.path, "line", e.Line, "fingerprint", e.Fingerprint)
+		}
 		if len(e.Ignored) > 0 {
 			s.logger.Info("authorized_keys: option ignored", "path", s.path, "line", e.Line,
 				"option", strings.Join(e.Ignored, ","))
