@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -40,8 +41,8 @@ func TestKeepaliveDropsStoppedDevice(t *testing.T) {
 	stopped := time.Now()
 	e := srv.waitLogFrom(t, mark, logMsg("device disconnected", "device", "dev42"), 20*time.Second)
 	t.Logf("dropped %v after SIGSTOP: %v", time.Since(stopped).Round(time.Millisecond), e)
-	if e.str("reason") == "" {
-		t.Errorf("device disconnected: no reason: %v", e)
+	if !strings.Contains(e.str("reason"), "keepalive timeout") {
+		t.Errorf("device disconnected: reason %q, want it to name the keepalive timeout: %v", e.str("reason"), e)
 	}
 
 	devs := lsJSON(t, srv.sshConfig(t, op))
@@ -209,4 +210,36 @@ func TestHostKeyCreatedOnceAndKept(t *testing.T) {
 		t.Errorf("host key changed across a restart: %q, then %q", first.hostKey, second.hostKey)
 	}
 	mustSucceed(t, "ssh pivot help after the restart", runSSH(t, second.sshConfig(t, op), "pivot", "help"))
+}
+
+// TestLastSeenSurvivesRestart: a device that left before the server
+// restarted still reads "offline (last seen …)" afterwards, not "never seen",
+// and the keepalive's reason for dropping it is in the log.
+func TestLastSeenSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	need(t, "ssh", "ssh-keygen")
+
+	op := newKey(t, "operator")
+	devKey := newKey(t, "dev")
+	keys := []string{
+		authLine(`access="initiate"`, op),
+		authLine(`access="listen",hostname="dev42"`, devKey),
+	}
+	first := startServer(t, serverOpts{authorizedKeys: keys})
+	dev := startDevice(t, first, devKey, "dev42", fwd(22, echoService(t)))
+	left := time.Now()
+	mark := first.mark()
+	dev.kill()
+	first.waitLogFrom(t, mark, logMsg("device disconnected", "device", "dev42"), 20*time.Second)
+	if code := first.stop(t); code != 0 {
+		t.Fatalf("first server exited %d", code)
+	}
+
+	second := startServer(t, serverOpts{stateDir: first.stateDir})
+	r := runSSH(t, second.sshConfig(t, op), "-J", "pivot", "dev42", "true")
+	m := regexp.MustCompile(`switchboard: device "dev42" is offline \(last seen (\S+), [^)]+ ago\)`).FindStringSubmatch(r.stderr)
+	if r.code == 0 || m == nil {
+		t.Fatalf("after restart: exit %d, stderr %q; want the offline sentence with a last-seen time", r.code, r.stderr)
+	}
+	checkLastSeen(t, m[1], left)
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -49,6 +50,7 @@ type Board struct {
 	mu       sync.Mutex
 	byName   map[string]*Device // every name and alias of every live device
 	lastSeen map[string]time.Time
+	changes  uint64 // counts updates to lastSeen, so a saver knows when to write
 }
 
 // New returns an empty board. now is the clock (time.Now in production).
@@ -149,6 +151,28 @@ func (b *Board) detachLocked(d *Device, now time.Time) {
 			delete(b.byName, n)
 		}
 		b.lastSeen[n] = now
+	}
+	b.changes++
+}
+
+// Seen returns when each name was last seen leaving, and a counter that
+// changes whenever that map does. A server persists it to report "last
+// seen" across restarts.
+func (b *Board) Seen() (map[string]time.Time, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return maps.Clone(b.lastSeen), b.changes
+}
+
+// Remember merges last-seen times from an earlier run; a newer time the
+// board already holds wins.
+func (b *Board) Remember(seen map[string]time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for n, t := range seen {
+		if t.After(b.lastSeen[n]) {
+			b.lastSeen[n] = t
+		}
 	}
 }
 

@@ -88,10 +88,20 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	if _, err := store.Load(); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	b := board.New(time.Now)
+	seenPath := filepath.Join(o.StateDir, LastSeenFile)
+	if seen, err := loadLastSeen(seenPath); err != nil {
+		// Keep the bad file for inspection rather than overwrite it.
+		aside := seenPath + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
+		logger.Warn("last-seen file unreadable; set aside, starting empty", "error", err.Error(), "moved_to", aside)
+		os.Rename(seenPath, aside)
+	} else {
+		b.Remember(seen)
+	}
 	srv, err := sshd.New(sshd.Config{
 		HostKeys:           keys,
 		Policy:             store.Policy,
-		Board:              board.New(time.Now),
+		Board:              b,
 		Logger:             logger,
 		Domain:             o.Domain,
 		KeepaliveInterval:  o.KeepaliveInterval,
@@ -114,6 +124,9 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
+		saved := uint64(0)
+		tick := time.NewTicker(lastSeenEvery)
+		defer tick.Stop()
 		for {
 			select {
 			case <-watchCtx.Done():
@@ -122,6 +135,8 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 				if p, err := store.Load(); err == nil {
 					srv.Revalidate(p)
 				}
+			case <-tick.C:
+				saved = saveSeen(b, seenPath, saved, false, logger)
 			}
 		}
 	}()
@@ -141,6 +156,8 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	}
 	stopWatch()
 	<-reloadDone
+	// After Shutdown every device has been detached, so this records them all.
+	saveSeen(b, seenPath, 0, true, logger)
 	if err := <-watchDone; err != nil && !errors.Is(err, context.Canceled) {
 		logger.Warn("authorized_keys watch ended", "error", err)
 	}
@@ -151,6 +168,24 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		logger.Warn("shutdown cut open circuits", "error", shutErr)
 	}
 	return serveErr
+}
+
+// lastSeenEvery is how often changed last-seen times are written: a crash
+// loses at most this much of them.
+const lastSeenEvery = 30 * time.Second
+
+// saveSeen writes the board's last-seen times if they changed since the
+// version saved (or if forced), and returns the version now on disk.
+func saveSeen(b *board.Board, path string, saved uint64, force bool, logger *slog.Logger) uint64 {
+	seen, version := b.Seen()
+	if version == saved && !force {
+		return saved
+	}
+	if err := saveLastSeen(path, seen); err != nil {
+		logger.Warn("last-seen times not saved", "error", err.Error())
+		return saved
+	}
+	return version
 }
 
 func loadHostKeys(o Options, logger *slog.Logger) ([]ssh.Signer, error) {

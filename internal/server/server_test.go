@@ -1,9 +1,11 @@
 package server
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -28,5 +30,28 @@ func TestOptionsValidate(t *testing.T) {
 	o.Validate()
 	if o.AuthorizedKeys != filepath.Join("/var/lib/sb", "authorized_keys") {
 		t.Errorf("default authorized_keys %q", o.AuthorizedKeys)
+	}
+}
+
+func TestLastSeenRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), LastSeenFile)
+	if m, err := loadLastSeen(path); err != nil || len(m) != 0 {
+		t.Fatalf("missing file: %v %v", m, err)
+	}
+	when := time.Date(2026, 11, 23, 14, 2, 11, 0, time.UTC)
+	if err := saveLastSeen(path, map[string]time.Time{"dev42": when}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := loadLastSeen(path)
+	if err != nil || !m["dev42"].Equal(when) || len(m) != 1 {
+		t.Fatalf("reloaded %v, %v", m, err)
+	}
+	os.WriteFile(path, []byte(`{"DEV7":"2026-01-01T00:00:00Z","bad name!":"2026-01-01T00:00:00Z"}`), 0o600)
+	if m, err := loadLastSeen(path); err != nil || len(m) != 1 || m["dev7"].IsZero() {
+		t.Fatalf("hand-edited file: %v, %v", m, err)
+	}
+	os.WriteFile(path, []byte(`{not json`), 0o600)
+	if _, err := loadLastSeen(path); err == nil {
+		t.Fatal("corrupt file accepted")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -152,6 +153,7 @@ func (s *Server) handle(nc net.Conn) {
 func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 	stopKeepalive := c.keepalive()
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, c.srv.cfg.MaxChannelsPerConn)
 	for chans != nil || reqs != nil {
 		select {
 		case nc, ok := <-chans:
@@ -159,9 +161,16 @@ func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 				chans = nil
 				continue
 			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				nc.Reject(ssh.ResourceShortage, fmt.Sprintf(
+					"switchboard: too many channels open on this connection (limit %d)", cap(slots)))
+				continue
+			}
 			wg.Add(1)
 			go func() {
-				defer wg.Done()
+				defer func() { <-slots; wg.Done() }()
 				c.dispatchChannel(nc)
 			}()
 		case req, ok := <-reqs:
@@ -173,7 +182,13 @@ func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 		}
 	}
 	stopKeepalive()
-	c.hangup("the client closed the connection")
+	// Both streams are closed, so the connection has ended: Wait returns at
+	// once with why, unless the server hung up first and said why itself.
+	why := "the client closed the connection"
+	if err := c.sc.Wait(); err != nil && !errors.Is(err, io.EOF) {
+		why = err.Error()
+	}
+	c.hangup(why)
 	if dev := c.registered(); dev != nil {
 		c.srv.cfg.Board.Detach(dev)
 		c.mu.Lock()

@@ -47,6 +47,9 @@ type Config struct {
 	MaxUnauthPerSource int
 	// OpenTimeout bounds how long a device may take to accept a circuit.
 	OpenTimeout time.Duration
+	// MaxChannelsPerConn bounds the channels one connection may have open
+	// at once, so one key cannot exhaust the server's goroutines.
+	MaxChannelsPerConn int
 	// Version goes into the SSH identification string.
 	Version string
 	// Now is the clock; nil means time.Now.
@@ -60,6 +63,7 @@ const (
 	DefaultHandshakeTimeout   = 30 * time.Second
 	DefaultMaxUnauthPerSource = 10
 	DefaultOpenTimeout        = 15 * time.Second
+	DefaultMaxChannelsPerConn = 1024
 )
 
 // Validate fills defaults and reports what is missing.
@@ -89,6 +93,9 @@ func (c *Config) Validate() error {
 	}
 	if c.OpenTimeout <= 0 {
 		c.OpenTimeout = DefaultOpenTimeout
+	}
+	if c.MaxChannelsPerConn <= 0 {
+		c.MaxChannelsPerConn = DefaultMaxChannelsPerConn
 	}
 	if c.Version == "" {
 		c.Version = "dev"

@@ -428,3 +428,36 @@ func TestHandshakeLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestChannelLimit: channels beyond the per-connection limit are refused
+// with a sentence, and a slot frees when a channel closes.
+func TestChannelLimit(t *testing.T) {
+	devKey, opKey := newSigner(t), newSigner(t)
+	ts := startServer(t, []string{
+		authLine(`access="listen",hostname="dev1"`, devKey),
+		authLine(`access="initiate"`, opKey),
+	}, func(c *Config) { c.MaxChannelsPerConn = 2 })
+	_, _ = echoDevice(t, ts.dial(t, "x", devKey), 22)
+	op := ts.dial(t, "op", opKey)
+	a, err := op.Dial("tcp", "dev1:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := op.Dial("tcp", "dev1:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var oce *ssh.OpenChannelError
+	if _, err := op.Dial("tcp", "dev1:22"); !errors.As(err, &oce) || !strings.Contains(oce.Message, "too many channels") {
+		t.Fatalf("third channel: %v, want a refusal", err)
+	}
+	a.Close()
+	b.Close()
+	eventually(t, 5*time.Second, func() bool {
+		c, err := op.Dial("tcp", "dev1:22")
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "no slot freed after channels closed")
+}
