@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests drive, when it is missing: the real
-# OpenSSH client and server, nc, rsync and curl. Needs root on Debian/Ubuntu.
+# OpenSSH client and server, nc, rsync, curl, and ip/iptables for the NAT
+# lab. Needs root on Debian/Ubuntu.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ command -v nc      >/dev/null || need+=(netcat-openbsd)
 command -v rsync   >/dev/null || need+=(rsync)
 command -v curl    >/dev/null || need+=(curl)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v ip      >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

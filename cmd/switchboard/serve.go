@@ -61,6 +61,10 @@ func serveCommand(stderr io.Writer) *cobra.Command {
 	f.IntVar(&o.KeepaliveCount, "keepalive-count", sshd.DefaultKeepaliveCountMax, "unanswered keepalive intervals before a client is dropped")
 	f.DurationVar(&o.HandshakeTimeout, "handshake-timeout", sshd.DefaultHandshakeTimeout, "time allowed to complete the SSH handshake and authentication")
 	f.IntVar(&o.MaxUnauthPerSource, "max-unauth-per-source", sshd.DefaultMaxUnauthPerSource, "concurrent unauthenticated connections allowed from one IP address")
+	f.IntVar(&o.MaxUnauth, "max-unauth", sshd.DefaultMaxUnauth, "concurrent unauthenticated connections allowed in all")
+	f.IntVar(&o.MaxCircuits, "max-circuits", sshd.DefaultMaxCircuits, "open circuits allowed in all (each may hold up to 2 MiB while its operator is not reading)")
+	f.IntVar(&o.MaxCircuitsPerKey, "max-circuits-per-key", sshd.DefaultMaxCircuitsPerKey, "open circuits allowed per operator key")
+	f.StringSliceVar(&o.Ciphers, "ciphers", nil, "ciphers to offer, comma-separated (default: all x/crypto/ssh supports; the client's order decides)")
 	f.DurationVar(&o.ShutdownGrace, "shutdown-grace", 5*time.Second, "how long open circuits may finish after SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -48,9 +48,16 @@ type Board struct {
 	now func() time.Time
 
 	mu       sync.Mutex
-	byName   map[string]*Device // every name and alias of every live device
-	lastSeen map[string]time.Time
-	changes  uint64 // counts updates to lastSeen, so a saver knows when to write
+	byName   map[string]*Device  // every name and alias of every live device
+	lastSeen map[string]Sighting // every name a departed device held
+	changes  uint64              // counts updates to lastSeen, so a saver knows when to write
+}
+
+// Sighting is when a name was last held by a live device, and that device's
+// primary name (the same, unless the name was an alias).
+type Sighting struct {
+	At     time.Time `json:"at"`
+	Device string    `json:"device"`
 }
 
 // New returns an empty board. now is the clock (time.Now in production).
@@ -58,7 +65,7 @@ func New(now func() time.Time) *Board {
 	if now == nil {
 		now = time.Now
 	}
-	return &Board{now: now, byName: map[string]*Device{}, lastSeen: map[string]time.Time{}}
+	return &Board{now: now, byName: map[string]*Device{}, lastSeen: map[string]Sighting{}}
 }
 
 // Device is one live device connection registered under one or more names.
@@ -150,7 +157,7 @@ func (b *Board) detachLocked(d *Device, now time.Time) {
 		if b.byName[n] == d {
 			delete(b.byName, n)
 		}
-		b.lastSeen[n] = now
+		b.lastSeen[n] = Sighting{At: now, Device: d.names[0]}
 	}
 	b.changes++
 }
@@ -158,7 +165,7 @@ func (b *Board) detachLocked(d *Device, now time.Time) {
 // Seen returns when each name was last seen leaving, and a counter that
 // changes whenever that map does. A server persists it to report "last
 // seen" across restarts.
-func (b *Board) Seen() (map[string]time.Time, uint64) {
+func (b *Board) Seen() (map[string]Sighting, uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return maps.Clone(b.lastSeen), b.changes
@@ -166,12 +173,12 @@ func (b *Board) Seen() (map[string]time.Time, uint64) {
 
 // Remember merges last-seen times from an earlier run; a newer time the
 // board already holds wins.
-func (b *Board) Remember(seen map[string]time.Time) {
+func (b *Board) Remember(seen map[string]Sighting) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for n, t := range seen {
-		if t.After(b.lastSeen[n]) {
-			b.lastSeen[n] = t
+	for n, s := range seen {
+		if s.At.After(b.lastSeen[n].At) {
+			b.lastSeen[n] = s
 		}
 	}
 }
@@ -186,11 +193,21 @@ var ErrPortInUse = errors.New("board: virtual port already forwarded by this dev
 // ErrNoFreePort means every dynamic port of the device is taken.
 var ErrNoFreePort = errors.New("board: no free virtual port")
 
+// MaxForwards bounds one device's virtual ports, and so its table, its
+// listings and the sentences that list them.
+const MaxForwards = 64
+
+// ErrTooManyForwards means the device already has MaxForwards ports.
+var ErrTooManyForwards = fmt.Errorf("board: a device may forward at most %d ports", MaxForwards)
+
 // Listen adds a virtual port. Port 0 picks a free one. It returns the port
 // operators reach.
 func (d *Device) Listen(bindAddr string, port uint32) (uint32, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if len(d.forwards) >= MaxForwards {
+		return 0, ErrTooManyForwards
+	}
 	if port == 0 {
 		for p := uint32(firstDynamicPort); p <= 65535; p++ {
 			if _, used := d.forwards[p]; !used {
@@ -265,7 +282,7 @@ func (b *Board) Lookup(name string) (info Info, ok bool) {
 		return dev.info(), true
 	}
 	if wasSeen {
-		return Info{Name: name, Since: seen}, true
+		return Info{Name: seen.Device, Since: seen.At}, true
 	}
 	return Info{Name: name}, false
 }
@@ -280,9 +297,16 @@ func (b *Board) Devices() []Info {
 		live[d] = true
 	}
 	var out []Info
-	for n, t := range b.lastSeen {
-		if _, on := b.byName[n]; !on {
-			out = append(out, Info{Name: n, Since: t})
+	aliases := map[string][]string{}
+	for n, s := range b.lastSeen {
+		if _, on := b.byName[n]; !on && n != s.Device {
+			aliases[s.Device] = append(aliases[s.Device], n)
+		}
+	}
+	for n, s := range b.lastSeen {
+		if _, on := b.byName[n]; !on && n == s.Device {
+			slices.Sort(aliases[n])
+			out = append(out, Info{Name: n, Since: s.At, Aliases: aliases[n]})
 		}
 	}
 	b.mu.Unlock()
@@ -320,7 +344,7 @@ func (e *NoPortError) Error() string {
 func (b *Board) Open(ctx context.Context, name string, port uint32, origin netip.AddrPort) (circuit.Stream, *Device, error) {
 	b.mu.Lock()
 	dev := b.byName[name]
-	seen := b.lastSeen[name]
+	seen := b.lastSeen[name].At
 	b.mu.Unlock()
 	if dev == nil {
 		return nil, nil, &OfflineError{Name: name, LastSeen: seen}
@@ -338,28 +362,8 @@ func (b *Board) Open(ctx context.Context, name string, port uint32, origin netip
 	return s, dev, nil
 }
 
-// Each calls fn for every live device, outside the board's lock.
-func (b *Board) Each(fn func(*Device, Identity)) {
-	b.mu.Lock()
-	seen := map[*Device]bool{}
-	var devs []*Device
-	for _, d := range b.byName {
-		if !seen[d] {
-			seen[d] = true
-			devs = append(devs, d)
-		}
-	}
-	b.mu.Unlock()
-	for _, d := range devs {
-		fn(d, d.id)
-	}
-}
-
 // Names returns all of the device's names, primary first.
 func (d *Device) Names() []string { return slices.Clone(d.names) }
-
-// Link returns the device's connection.
-func (d *Device) Link() Link { return d.link }
 
 // uniq drops repeated names, keeping the first of each so the primary stays
 // first.

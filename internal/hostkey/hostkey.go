@@ -47,21 +47,12 @@ func LoadOrCreate(path string) (signer ssh.Signer, created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, false, fmt.Errorf("hostkey: %w", err)
 	}
-	// O_EXCL: if another process created the key meanwhile, use theirs.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
+	if err := writeNew(path, pem.EncodeToMemory(block)); errors.Is(err, fs.ErrExist) {
+		// Another process created the key meanwhile: use theirs.
 		s, err := Load(path)
 		return s, false, err
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("hostkey: %w", err)
-	}
-	if err := pem.Encode(f, block); err != nil {
-		f.Close()
-		return nil, false, fmt.Errorf("hostkey: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, false, fmt.Errorf("hostkey: write %s: %w", path, err)
+	} else if err != nil {
+		return nil, false, err
 	}
 	signer, err = ssh.NewSignerFromKey(priv)
 	if err != nil {
@@ -72,4 +63,37 @@ func LoadOrCreate(path string) (signer ssh.Signer, created bool, err error) {
 		return nil, false, fmt.Errorf("hostkey: %w", err)
 	}
 	return signer, true, nil
+}
+
+// writeNew creates path with data, mode 0600, all or nothing: the data is
+// written and synced under a temporary name, then linked into place, which
+// fails if path exists. A crash leaves no half-written key behind.
+func writeNew(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".hostkey-*")
+	if err != nil {
+		return fmt.Errorf("hostkey: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("hostkey: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("hostkey: write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("hostkey: write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("hostkey: write %s: %w", path, err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		return fmt.Errorf("hostkey: %w", err)
+	}
+	return nil
 }

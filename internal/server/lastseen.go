@@ -7,8 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
+	"github.com/switchboard-dev/switchboard/internal/board"
 	"github.com/switchboard-dev/switchboard/internal/policy"
 )
 
@@ -18,22 +18,24 @@ const LastSeenFile = "last-seen.json"
 
 // loadLastSeen reads the file; a missing file is an empty map. Entries with
 // an invalid name are dropped, so a hand-edited file cannot smuggle one in.
-func loadLastSeen(path string) (map[string]time.Time, error) {
+func loadLastSeen(path string) (map[string]board.Sighting, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[string]time.Time{}, nil
+		return map[string]board.Sighting{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	var raw map[string]time.Time
+	var raw map[string]board.Sighting
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("server: %s: %w", path, err)
 	}
-	seen := make(map[string]time.Time, len(raw))
-	for n, t := range raw {
-		if c, err := policy.CanonicalName(n); err == nil && !t.IsZero() {
-			seen[c] = t
+	seen := make(map[string]board.Sighting, len(raw))
+	for n, s := range raw {
+		name, err1 := policy.CanonicalName(n)
+		dev, err2 := policy.CanonicalName(s.Device)
+		if err1 == nil && err2 == nil && !s.At.IsZero() {
+			seen[name] = board.Sighting{At: s.At, Device: dev}
 		}
 	}
 	return seen, nil
@@ -41,7 +43,7 @@ func loadLastSeen(path string) (map[string]time.Time, error) {
 
 // saveLastSeen writes the map atomically: a crash leaves the old file or
 // the new one, never half of one.
-func saveLastSeen(path string, seen map[string]time.Time) error {
+func saveLastSeen(path string, seen map[string]board.Sighting) error {
 	b, err := json.MarshalIndent(seen, "", " ")
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -11,6 +11,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -33,10 +35,21 @@ type Options struct {
 	KeepaliveCount     int
 	HandshakeTimeout   time.Duration
 	MaxUnauthPerSource int
+	MaxUnauth          int
+	MaxCircuits        int
+	MaxCircuitsPerKey  int
+	Ciphers            []string
 	// ShutdownGrace is how long open circuits may run on after SIGTERM.
 	ShutdownGrace time.Duration
 
 	Version string
+}
+
+// supportedCiphers are the ciphers x/crypto/ssh implements that --ciphers
+// may name.
+var supportedCiphers = []string{
+	"chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+	"aes128-ctr", "aes192-ctr", "aes256-ctr",
 }
 
 // DefaultHostKeyFile is the host key created in the state dir.
@@ -65,8 +78,13 @@ func (o *Options) Validate() error {
 	switch {
 	case o.KeepaliveInterval < 0, o.KeepaliveCount < 0, o.HandshakeTimeout < 0, o.ShutdownGrace < 0:
 		return errors.New("durations and counts must not be negative")
-	case o.MaxUnauthPerSource < 0:
-		return errors.New("--max-unauth-per-source must not be negative")
+	case o.MaxUnauthPerSource < 0 || o.MaxUnauth < 0 || o.MaxCircuits < 0 || o.MaxCircuitsPerKey < 0:
+		return errors.New("limits must not be negative")
+	}
+	for _, c := range o.Ciphers {
+		if !slices.Contains(supportedCiphers, c) {
+			return fmt.Errorf("--ciphers: %q is not one of %s", c, strings.Join(supportedCiphers, ", "))
+		}
 	}
 	return nil
 }
@@ -108,6 +126,10 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		KeepaliveCountMax:  o.KeepaliveCount,
 		HandshakeTimeout:   o.HandshakeTimeout,
 		MaxUnauthPerSource: o.MaxUnauthPerSource,
+		MaxUnauth:          o.MaxUnauth,
+		MaxCircuits:        o.MaxCircuits,
+		MaxCircuitsPerKey:  o.MaxCircuitsPerKey,
+		Ciphers:            o.Ciphers,
 		Version:            o.Version,
 	})
 	if err != nil {
@@ -119,8 +141,14 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	}
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan error, 1)
-	go func() { watchDone <- store.Watch(watchCtx, srv.Revalidate) }()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := store.Watch(watchCtx, srv.Revalidate); err != nil {
+			// Said at once: until fixed, only SIGHUP reloads the file.
+			logger.Error("authorized_keys is not watched; reload it with SIGHUP", "error", err.Error())
+		}
+	}()
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
@@ -132,9 +160,12 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 			case <-watchCtx.Done():
 				return
 			case <-reload:
-				if p, err := store.Load(); err == nil {
-					srv.Revalidate(p)
+				p, err := store.Load()
+				if err != nil {
+					logger.Error("authorized_keys reload failed; keeping the previous keys", "error", err.Error())
+					continue
 				}
+				srv.Revalidate(p)
 			case <-tick.C:
 				saved = saveSeen(b, seenPath, saved, false, logger)
 			}
@@ -158,9 +189,7 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	<-reloadDone
 	// After Shutdown every device has been detached, so this records them all.
 	saveSeen(b, seenPath, 0, true, logger)
-	if err := <-watchDone; err != nil && !errors.Is(err, context.Canceled) {
-		logger.Warn("authorized_keys watch ended", "error", err)
-	}
+	<-watchDone
 	if errors.Is(serveErr, sshd.ErrServerClosed) {
 		serveErr = nil
 	}

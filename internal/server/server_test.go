@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchboard-dev/switchboard/internal/board"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -39,19 +41,32 @@ func TestLastSeenRoundTrip(t *testing.T) {
 		t.Fatalf("missing file: %v %v", m, err)
 	}
 	when := time.Date(2026, 11, 23, 14, 2, 11, 0, time.UTC)
-	if err := saveLastSeen(path, map[string]time.Time{"dev42": when}); err != nil {
+	want := map[string]board.Sighting{"dev42": {At: when, Device: "dev42"}, "cam": {At: when, Device: "dev42"}}
+	if err := saveLastSeen(path, want); err != nil {
 		t.Fatal(err)
 	}
 	m, err := loadLastSeen(path)
-	if err != nil || !m["dev42"].Equal(when) || len(m) != 1 {
+	if err != nil || len(m) != 2 || !m["cam"].At.Equal(when) || m["cam"].Device != "dev42" {
 		t.Fatalf("reloaded %v, %v", m, err)
 	}
-	os.WriteFile(path, []byte(`{"DEV7":"2026-01-01T00:00:00Z","bad name!":"2026-01-01T00:00:00Z"}`), 0o600)
-	if m, err := loadLastSeen(path); err != nil || len(m) != 1 || m["dev7"].IsZero() {
+	os.WriteFile(path, []byte(`{"DEV7":{"at":"2026-01-01T00:00:00Z","device":"Dev7"},
+		"bad name!":{"at":"2026-01-01T00:00:00Z","device":"x"},"x":{"at":"2026-01-01T00:00:00Z","device":"bad device!"}}`), 0o600)
+	if m, err := loadLastSeen(path); err != nil || len(m) != 1 || m["dev7"].Device != "dev7" {
 		t.Fatalf("hand-edited file: %v, %v", m, err)
 	}
 	os.WriteFile(path, []byte(`{not json`), 0o600)
 	if _, err := loadLastSeen(path); err == nil {
 		t.Fatal("corrupt file accepted")
+	}
+}
+
+func TestCiphersValidated(t *testing.T) {
+	o := Options{Listen: ":1", StateDir: "x", Ciphers: []string{"aes128-gcm@openssh.com"}}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	o.Ciphers = []string{"3des-cbc"}
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "3des-cbc") {
+		t.Fatalf("3des-cbc accepted: %v", err)
 	}
 }

@@ -8,13 +8,16 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/switchboard-dev/switchboard/internal/board"
 	"github.com/switchboard-dev/switchboard/internal/circuit"
+	"github.com/switchboard-dev/switchboard/internal/keepalive"
 	"github.com/switchboard-dev/switchboard/internal/policy"
 )
 
@@ -80,17 +83,37 @@ func (s *Server) logAuth(meta ssh.ConnMetadata, key ssh.PublicKey, entry *policy
 
 // conn is one authenticated SSH connection: a device, an operator, or both.
 type conn struct {
-	srv    *Server
-	sc     *ssh.ServerConn
+	srv *Server
+	sc  *ssh.ServerConn
+	// ctx ends with the connection: work done for it (a device open for
+	// this operator's circuit) stops waiting then.
+	ctx    context.Context
 	key    ssh.PublicKey
+	fp     string // the key's fingerprint
 	remote netip.AddrPort
 	// opLog names the key as "operator" (circuits, commands); devLog as
 	// "fingerprint" (device events), as the auth log does.
 	opLog, devLog *slog.Logger
 
-	mu     sync.Mutex
-	device *board.Device // set by the first accepted tcpip-forward
-	why    string        // why the server hung up, if it did
+	mu      sync.Mutex
+	device  *board.Device // set by the first accepted tcpip-forward
+	expires *time.Timer   // hangs a device up when its key expires
+	why     string        // why the server hung up, if it did
+
+	// Device side: circuits waiting for this device to answer, and how many
+	// opens in a row it let time out.
+	opening  atomic.Int32
+	timeouts atomic.Int32
+}
+
+// maxLogLen clips strings a client chose before they reach the log.
+const maxLogLen = 128
+
+func clip(s string) string {
+	if len(s) <= maxLogLen {
+		return s
+	}
+	return s[:maxLogLen] + "…"
 }
 
 // hangup closes the connection, remembering the first reason given so the
@@ -106,15 +129,15 @@ func (c *conn) hangup(why string) {
 
 func (s *Server) handle(nc net.Conn) {
 	src := remoteAddr(nc.RemoteAddr())
-	if !s.admit(src.Addr()) {
-		s.log.Warn("connection refused: too many unauthenticated connections", "source", src.String())
+	if !s.admit(nc, src.Addr()) {
 		nc.Close()
 		return
 	}
-	// The library's handshake has no timeout of its own.
-	nc.SetDeadline(s.cfg.Now().Add(s.cfg.HandshakeTimeout))
+	// The library's handshake has no timeout of its own. A socket deadline
+	// is wall-clock time, whatever clock the policy uses.
+	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
-	s.authenticated(src.Addr())
+	s.authenticated(nc, src.Addr())
 	if err != nil {
 		s.log.Debug("handshake failed", "source", src.String(), "error", err.Error())
 		nc.Close()
@@ -129,12 +152,16 @@ func (s *Server) handle(nc net.Conn) {
 		sc.Close()
 		return
 	}
-	log := s.log.With("source", src.String(), "user", sc.User())
+	log := s.log.With("source", src.String(), "user", clip(sc.User()))
 	fp := ssh.FingerprintSHA256(key)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	c := &conn{
 		srv:    s,
 		sc:     sc,
+		ctx:    ctx,
 		key:    key,
+		fp:     fp,
 		remote: src,
 		opLog:  log.With("operator", fp),
 		devLog: log.With("fingerprint", fp),
@@ -151,7 +178,10 @@ func (s *Server) handle(nc net.Conn) {
 // answered in order, and both streams must be drained or the connection
 // stalls, so a single select handles both. Channels get their own goroutines.
 func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
-	stopKeepalive := c.keepalive()
+	cfg := c.srv.cfg
+	stopKeepalive := keepalive.Start(c.sc, cfg.KeepaliveInterval, cfg.KeepaliveCountMax, func() {
+		c.hangup(fmt.Sprintf("keepalive timeout: no reply for %s", cfg.KeepaliveInterval*time.Duration(cfg.KeepaliveCountMax)))
+	})
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, c.srv.cfg.MaxChannelsPerConn)
 	for chans != nil || reqs != nil {
@@ -189,45 +219,18 @@ func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 		why = err.Error()
 	}
 	c.hangup(why)
-	if dev := c.registered(); dev != nil {
+	c.mu.Lock()
+	if c.expires != nil {
+		c.expires.Stop()
+	}
+	dev := c.device
+	why = c.why
+	c.mu.Unlock()
+	if dev != nil {
 		c.srv.cfg.Board.Detach(dev)
-		c.mu.Lock()
-		why := c.why
-		c.mu.Unlock()
 		c.devLog.Info("device disconnected", "device", dev.Name(), "reason", why)
 	}
 	wg.Wait()
-}
-
-// keepalive pings the client every interval and hangs up when a ping goes
-// unanswered for CountMax intervals. Any reply, even a failure, proves the
-// peer alive. Timers, not a goroutine, so an idle connection costs nothing.
-func (c *conn) keepalive() (stop func()) {
-	interval := c.srv.cfg.KeepaliveInterval
-	deadline := interval * time.Duration(c.srv.cfg.KeepaliveCountMax)
-	var (
-		mu      sync.Mutex
-		stopped bool
-		t       *time.Timer
-	)
-	t = time.AfterFunc(interval, func() {
-		watchdog := time.AfterFunc(deadline, func() {
-			c.hangup("keepalive timeout: no reply for " + deadline.String())
-		})
-		_, _, err := c.sc.SendRequest("keepalive@openssh.com", true, nil)
-		watchdog.Stop()
-		mu.Lock()
-		defer mu.Unlock()
-		if err == nil && !stopped {
-			t.Reset(interval)
-		}
-	})
-	return func() {
-		mu.Lock()
-		stopped = true
-		t.Stop()
-		mu.Unlock()
-	}
 }
 
 func (c *conn) dispatchRequest(req *ssh.Request) {
@@ -307,6 +310,12 @@ func (c *conn) tcpipForward(req *ssh.Request) {
 	if err != nil {
 		c.devLog.Warn("forward refused", "device", c.wantedName(p), "port", fwd.BindPort, "reason", err.Error())
 		req.Reply(false, nil)
+		// A connection that came only to listen and holds no name has no
+		// use left: OpenSSH without ExitOnForwardFailure would sit idle
+		// forever, invisible. Hang up so its supervisor retries later.
+		if e, aerr := c.entry(c.srv.cfg.Policy()); c.registered() == nil && (aerr != nil || e.Roles&policy.Initiate == 0) {
+			c.hangup("its forward was refused: " + err.Error())
+		}
 		return
 	}
 	var reply []byte
@@ -326,7 +335,12 @@ func (c *conn) listen(p *policy.Policy, fwd tcpipForwardRequest) (*board.Device,
 	if err != nil {
 		return nil, 0, err
 	}
-	if fwd.BindPort != 0 && !e.MayListen(fwd.BindPort) {
+	// Every check comes before Attach: a refused request must not take a
+	// name over from a healthy connection.
+	if !e.MayListen(fwd.BindPort) {
+		if fwd.BindPort == 0 {
+			return nil, 0, errors.New("the key's permitlisten names ports, so it may not ask for any free port")
+		}
 		return nil, 0, fmt.Errorf("port %d is not in the key's permitlisten", fwd.BindPort)
 	}
 	c.mu.Lock()
@@ -337,7 +351,7 @@ func (c *conn) listen(p *policy.Policy, fwd tcpipForwardRequest) (*board.Device,
 			return nil, 0, err
 		}
 		dev, displaced, err := c.srv.cfg.Board.Attach(names, board.Identity{
-			Fingerprint: ssh.FingerprintSHA256(c.key),
+			Fingerprint: c.fp,
 			Remote:      c.remote.String(),
 		}, c)
 		if err != nil {
@@ -347,12 +361,27 @@ func (c *conn) listen(p *policy.Policy, fwd tcpipForwardRequest) (*board.Device,
 			c.devLog.Info("device takeover", "device", old.Name())
 		}
 		c.device = dev
+		// A reload between reading p and Attach would have missed this
+		// device in Revalidate: check again against what is current now.
+		if now := c.srv.cfg.Policy(); now != p {
+			if again, err := c.deviceNames(now); err != nil || !slices.Equal(again, names) {
+				c.srv.cfg.Board.Detach(dev)
+				c.device = nil
+				const why = "authorized_keys changed while it registered"
+				if c.why == "" { // c.mu is held: hangup would deadlock
+					c.why = why
+				}
+				c.sc.Close()
+				return nil, 0, errors.New(why)
+			}
+		}
+		if !e.Expiry.IsZero() {
+			c.expires = time.AfterFunc(e.Expiry.Sub(c.srv.cfg.Now()), func() {
+				c.hangup("its key expired (expiry-time=" + e.Expiry.UTC().Format(time.RFC3339) + ")")
+			})
+		}
 	}
 	port, err := c.device.Listen(fwd.BindAddr, fwd.BindPort)
-	if err == nil && fwd.BindPort == 0 && !e.MayListen(port) {
-		c.device.Cancel(port)
-		err = errors.New("the key's permitlisten does not allow an allocated port")
-	}
 	return c.device, port, err
 }
 
@@ -372,6 +401,12 @@ func (c *conn) cancelTCPIPForward(req *ssh.Request) {
 // the device's connection. OpenChannel cannot be cancelled, so when ctx ends
 // first the late channel, if any, is closed by the goroutine that waits.
 func (c *conn) OpenForward(ctx context.Context, f board.Forward, origin netip.AddrPort) (circuit.Stream, error) {
+	// Each open that the device leaves unanswered holds two goroutines and
+	// a pending channel until the device answers or goes: bound them.
+	if n := c.opening.Add(1); int(n) > c.srv.cfg.MaxPendingOpens {
+		c.opening.Add(-1)
+		return nil, errNotAnswering
+	}
 	payload := ssh.Marshal(forwardedTCPIPRequest{
 		Addr:       f.BindAddr,
 		Port:       f.Port,
@@ -384,6 +419,7 @@ func (c *conn) OpenForward(ctx context.Context, f board.Forward, origin netip.Ad
 	}
 	done := make(chan opened, 1)
 	go func() {
+		defer c.opening.Add(-1)
 		ch, reqs, err := c.sc.OpenChannel("forwarded-tcpip", payload)
 		if err == nil {
 			go ssh.DiscardRequests(reqs)
@@ -392,8 +428,14 @@ func (c *conn) OpenForward(ctx context.Context, f board.Forward, origin netip.Ad
 	}()
 	select {
 	case o := <-done:
+		c.timeouts.Store(0)
 		return o.ch, o.err
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && c.timeouts.Add(1) >= maxOpenTimeouts {
+			// Answering keepalives but no opens: a wedged client. Hanging
+			// up lets it reconnect and frees every pending open at once.
+			c.hangup(fmt.Sprintf("it left %d circuit opens in a row unanswered", maxOpenTimeouts))
+		}
 		go func() {
 			if o := <-done; o.err == nil {
 				o.ch.Close()
@@ -402,6 +444,13 @@ func (c *conn) OpenForward(ctx context.Context, f board.Forward, origin netip.Ad
 		return nil, ctx.Err()
 	}
 }
+
+// maxOpenTimeouts is how many opens in a row a device may leave unanswered
+// before the server hangs it up.
+const maxOpenTimeouts = 3
+
+// errNotAnswering says too many circuits already wait for the device.
+var errNotAnswering = errors.New("sshd: device is not answering circuit opens")
 
 // Close implements board.Link; the board calls it when a newer connection
 // of the same key takes the device's names over.
@@ -416,11 +465,10 @@ func (c *conn) wantedName(p *policy.Policy) string {
 	if dev := c.registered(); dev != nil {
 		return dev.Name()
 	}
-	if e, err := c.entry(p); err == nil && e.Hostname != "" {
-		return e.Hostname
+	if e, err := c.entry(p); err == nil {
+		if names, err := e.Names(c.sc.User()); err == nil {
+			return names[0]
+		}
 	}
-	if n, err := policy.CanonicalName(c.sc.User()); err == nil {
-		return n
-	}
-	return c.sc.User()
+	return clip(c.sc.User())
 }

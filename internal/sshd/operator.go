@@ -61,13 +61,14 @@ func (c *conn) directTCPIP(nc ssh.NewChannel) {
 		reject(notPermitted(name, req.Port), errors.New("not in the key's permitopen"))
 		return
 	}
-	if !c.srv.circuitStarted() {
-		reject(refuse(ssh.ConnectionFailed, "the server is shutting down; try %q again in a moment", name), nil)
+	if ok, why := c.srv.circuitStarted(c.fp); !ok {
+		reject(refuse(ssh.ResourceShortage, "cannot open a circuit to %q: %s", name, why), nil)
 		return
 	}
-	defer c.srv.circuitEnded()
+	defer c.srv.circuitEnded(c.fp)
 
-	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.OpenTimeout)
+	// The open stops waiting if this operator's connection ends first.
+	ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.OpenTimeout)
 	devCh, dev, err := c.srv.cfg.Board.Open(ctx, name, req.Port, c.remote)
 	cancel()
 	if err != nil {

@@ -58,11 +58,17 @@ func refusalFor(err error, name string, port uint32, reserved bool, timeout time
 	case errors.As(err, &noPort):
 		return refuse(ssh.ConnectionFailed, "device %q does not expose port %d (%s)", name, port, exposes(noPort.Exposed))
 	case errors.As(err, &openErr):
-		msg := strings.TrimSpace(openErr.Message)
+		// The device chose this text: keep it short and on one line.
+		msg := strings.Join(strings.Fields(openErr.Message), " ")
+		if len(msg) > maxDeviceMessage {
+			msg = msg[:maxDeviceMessage] + "…"
+		}
 		if msg == "" {
 			msg = openErr.Reason.String()
 		}
 		return refuse(ssh.ConnectionFailed, "device %q could not connect to its port %d: %s", name, port, msg)
+	case errors.Is(err, errNotAnswering):
+		return refuse(ssh.ResourceShortage, "device %q is not answering (other circuits are already waiting for it)", name)
 	case errors.Is(err, context.DeadlineExceeded):
 		return refuse(ssh.ConnectionFailed, "device %q did not answer within %s", name, timeout)
 	default:
@@ -70,13 +76,22 @@ func refusalFor(err error, name string, port uint32, reserved bool, timeout time
 	}
 }
 
+// maxDeviceMessage bounds the device's own words in a refusal.
+const maxDeviceMessage = 200
+
+// maxListedPorts bounds the ports a sentence lists.
+const maxListedPorts = 16
+
 func exposes(ports []uint32) string {
 	if len(ports) == 0 {
 		return "it exposes no ports"
 	}
-	s := make([]string, len(ports))
-	for i, p := range ports {
-		s[i] = fmt.Sprint(p)
+	var s []string
+	for _, p := range ports[:min(len(ports), maxListedPorts)] {
+		s = append(s, fmt.Sprint(p))
+	}
+	if more := len(ports) - maxListedPorts; more > 0 {
+		s = append(s, fmt.Sprintf("and %d more", more))
 	}
 	return "it exposes " + strings.Join(s, ", ")
 }

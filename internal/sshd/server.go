@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -43,8 +42,22 @@ type Config struct {
 	// HandshakeTimeout cuts connections that have not authenticated in time.
 	HandshakeTimeout time.Duration
 	// MaxUnauthPerSource limits concurrent unauthenticated connections from
-	// one IP address.
+	// one source: an IPv4 address, or an IPv6 /64 (one subscriber's prefix).
 	MaxUnauthPerSource int
+	// MaxUnauth limits unauthenticated connections in all, so a flood from
+	// many sources cannot use up the descriptors devices need.
+	MaxUnauth int
+	// MaxCircuits and MaxCircuitsPerKey bound open circuits. A circuit whose
+	// operator stops reading holds up to one channel window (2 MiB in
+	// x/crypto/ssh) of the device's data in the server, so these bound
+	// memory too.
+	MaxCircuits       int
+	MaxCircuitsPerKey int
+	// MaxPendingOpens bounds circuits waiting for one device to answer.
+	MaxPendingOpens int
+	// Ciphers, if set, replaces the default cipher list. The client's order
+	// decides among the ciphers both sides support.
+	Ciphers []string
 	// OpenTimeout bounds how long a device may take to accept a circuit.
 	OpenTimeout time.Duration
 	// MaxChannelsPerConn bounds the channels one connection may have open
@@ -64,6 +77,10 @@ const (
 	DefaultMaxUnauthPerSource = 10
 	DefaultOpenTimeout        = 15 * time.Second
 	DefaultMaxChannelsPerConn = 1024
+	DefaultMaxUnauth          = 512
+	DefaultMaxCircuits        = 4096
+	DefaultMaxCircuitsPerKey  = 256
+	DefaultMaxPendingOpens    = 128
 )
 
 // Validate fills defaults and reports what is missing.
@@ -97,6 +114,18 @@ func (c *Config) Validate() error {
 	if c.MaxChannelsPerConn <= 0 {
 		c.MaxChannelsPerConn = DefaultMaxChannelsPerConn
 	}
+	if c.MaxUnauth <= 0 {
+		c.MaxUnauth = DefaultMaxUnauth
+	}
+	if c.MaxCircuits <= 0 {
+		c.MaxCircuits = DefaultMaxCircuits
+	}
+	if c.MaxCircuitsPerKey <= 0 {
+		c.MaxCircuitsPerKey = DefaultMaxCircuitsPerKey
+	}
+	if c.MaxPendingOpens <= 0 {
+		c.MaxPendingOpens = DefaultMaxPendingOpens
+	}
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -114,13 +143,23 @@ type Server struct {
 
 	wg sync.WaitGroup // one per connection handler
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	unauth    map[netip.Addr]int
-	circuits  int
-	closing   bool
-	drained   chan struct{} // closed when closing and no circuit is open
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	pending    map[net.Conn]struct{} // not yet authenticated
+	conns      map[*conn]struct{}
+	unauth     map[netip.Prefix]int // pending connections by source
+	circuits   int
+	keyCircuit map[string]int // open circuits by operator key fingerprint
+	closing    bool
+	drained    chan struct{} // closed when closing and no circuit is open
+	refused    refusalLog
+}
+
+// refusalLog rate-limits the log of refused connections: a flood must not
+// turn into a flood of log lines.
+type refusalLog struct {
+	last       time.Time
+	suppressed int
 }
 
 // New checks cfg and returns a server ready to Serve.
@@ -129,12 +168,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:       cfg,
-		log:       cfg.Logger.With("component", "sshd"),
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
-		unauth:    map[netip.Addr]int{},
-		drained:   make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "sshd"),
+		listeners:  map[net.Listener]struct{}{},
+		pending:    map[net.Conn]struct{}{},
+		conns:      map[*conn]struct{}{},
+		unauth:     map[netip.Prefix]int{},
+		keyCircuit: map[string]int{},
+		drained:    make(chan struct{}),
 	}
 	s.ssh = s.serverConfig()
 	return s, nil
@@ -148,13 +189,10 @@ func (s *Server) serverConfig() *ssh.ServerConfig {
 		VerifiedPublicKeyCallback: s.keyVerified,
 		ServerVersion:             "SSH-2.0-switchboard_" + s.cfg.Version,
 	}
-	// AES-GCM first: with AES-NI it costs about half the CPU per byte of
-	// chacha20-poly1305 in Go. The client's order decides, so this matters
-	// for clients that list both without a strong preference.
-	sc.Ciphers = []string{
-		"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-		"aes128-ctr", "aes192-ctr", "aes256-ctr",
-	}
+	// The client's order decides (RFC 4253 section 7.1): stock OpenSSH picks
+	// chacha20-poly1305. Operators who want AES-GCM's lower CPU cost on AES-NI
+	// servers can leave chacha20 out with --ciphers.
+	sc.Ciphers = s.cfg.Ciphers
 	for _, k := range s.cfg.HostKeys {
 		sc.AddHostKey(k)
 	}
@@ -179,46 +217,89 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Lock()
 			closing := s.closing
 			s.mu.Unlock()
-			if closing {
+			if closing || errors.Is(err, net.ErrClosed) {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
-				// Out of descriptors or a transient failure: back off rather
-				// than spin, and keep serving the connections we have.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; backing off", "error", err, "backoff", backoff)
-				time.Sleep(backoff)
-				continue
+			// Out of descriptors or memory, or a transient failure: back off
+			// rather than spin, and keep serving the connections we have.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if backoff < time.Second {
+				s.log.Warn("accept failed; backing off", "error", err.Error(), "backoff", backoff.String())
 			}
-			return fmt.Errorf("sshd: accept: %w", err)
+			time.Sleep(backoff)
+			continue
 		}
 		backoff = 0
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.handle(nc)
-		}()
+		if !s.startHandler(nc) {
+			nc.Close()
+		}
 	}
 }
 
-// admit counts an unauthenticated connection from ip, refusing it when the
-// source already has too many: a cheap defence against handshake floods.
-func (s *Server) admit(ip netip.Addr) bool {
+// startHandler runs handle for nc unless shutdown has begun; the WaitGroup
+// is added to under the lock, so Shutdown's Wait never races an Add.
+func (s *Server) startHandler(nc net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || s.unauth[ip] >= s.cfg.MaxUnauthPerSource {
+	if s.closing {
 		return false
 	}
-	s.unauth[ip]++
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.handle(nc)
+	}()
 	return true
 }
 
-func (s *Server) authenticated(ip netip.Addr) {
+// source is what pre-auth limits count by: one IPv4 address, or an IPv6
+// /64, since one subscriber gets a whole /64.
+func source(ip netip.Addr) netip.Prefix {
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// admit counts an unauthenticated connection, refusing it when its source
+// or the server as a whole already has too many: a cheap defence against
+// handshake floods that keeps descriptors for devices.
+func (s *Server) admit(nc net.Conn, ip netip.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.unauth[ip]--; s.unauth[ip] <= 0 {
-		delete(s.unauth, ip)
+	src := source(ip)
+	var why string
+	switch {
+	case s.closing:
+		return false
+	case len(s.pending) >= s.cfg.MaxUnauth:
+		why = "too many unauthenticated connections in all"
+	case s.unauth[src] >= s.cfg.MaxUnauthPerSource:
+		why = "too many unauthenticated connections from this source"
+	default:
+		s.unauth[src]++
+		s.pending[nc] = struct{}{}
+		return true
+	}
+	if now := time.Now(); now.Sub(s.refused.last) >= time.Second {
+		s.log.Warn("connection refused", "source", ip.String(), "reason", why,
+			"also_refused_since_last_log", s.refused.suppressed)
+		s.refused = refusalLog{last: now}
+	} else {
+		s.refused.suppressed++
+	}
+	return false
+}
+
+func (s *Server) authenticated(nc net.Conn, ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	src := source(ip)
+	delete(s.pending, nc)
+	if s.unauth[src]--; s.unauth[src] <= 0 {
+		delete(s.unauth, src)
 	}
 }
 
@@ -236,22 +317,31 @@ func (s *Server) track(c *conn, on bool) bool {
 	return true
 }
 
-// circuitStarted reserves a circuit slot; it fails once shutdown has begun so
-// that draining circuits is a finite wait.
-func (s *Server) circuitStarted() bool {
+// circuitStarted reserves a circuit slot for the operator key fp, or says
+// why not. It fails once shutdown has begun, so draining is a finite wait.
+func (s *Server) circuitStarted(fp string) (ok bool, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
-		return false
+	switch {
+	case s.closing:
+		return false, "the server is shutting down; try again in a moment"
+	case s.circuits >= s.cfg.MaxCircuits:
+		return false, fmt.Sprintf("the server is at its limit of %d open circuits", s.cfg.MaxCircuits)
+	case s.keyCircuit[fp] >= s.cfg.MaxCircuitsPerKey:
+		return false, fmt.Sprintf("your key already has %d circuits open, its limit", s.cfg.MaxCircuitsPerKey)
 	}
 	s.circuits++
-	return true
+	s.keyCircuit[fp]++
+	return true, ""
 }
 
-func (s *Server) circuitEnded() {
+func (s *Server) circuitEnded(fp string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.circuits--
+	if s.keyCircuit[fp]--; s.keyCircuit[fp] <= 0 {
+		delete(s.keyCircuit, fp)
+	}
 	if s.closing && s.circuits == 0 {
 		close(s.drained)
 	}
@@ -282,6 +372,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = fmt.Errorf("sshd: shutdown: circuits still open: %w", ctx.Err())
 	}
 	s.mu.Lock()
+	for nc := range s.pending {
+		nc.Close() // a handshake in progress would otherwise hold Wait up
+	}
 	for c := range s.conns {
 		c.hangup("the server is shutting down")
 	}

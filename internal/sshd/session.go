@@ -63,7 +63,7 @@ func (c *conn) session(nc ssh.NewChannel) {
 				out = crlfWriter{ch}
 			}
 			status := c.runCommand(e, cmd.Command, out, ch.Stderr())
-			c.opLog.Info("command", "command", cmd.Command, "status", status)
+			c.opLog.Info("command", "command", clip(cmd.Command), "status", status)
 			ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: uint32(status)}))
 			ch.CloseWrite()
 			ch.Close()
@@ -129,15 +129,19 @@ func row(in board.Info) deviceRow {
 	return r
 }
 
-// mayList reports whether the operator may reach name on any port; only
-// such devices are shown, so a listing reveals no more than a circuit would.
-func mayList(e *policy.Entry, name string) bool {
+// mayList reports whether the operator may reach the device, by any of its
+// names, on some port: circuits are checked against the name asked for, so a
+// device is listed if any name of it would do. A listing thus reveals no
+// more than circuits would.
+func mayList(e *policy.Entry, names ...string) bool {
 	if len(e.PermitOpen) == 0 {
 		return true
 	}
-	for _, t := range e.PermitOpen {
-		if e.MayReach(name, max(t.Port, 1)) {
-			return true
+	for _, n := range names {
+		for _, t := range e.PermitOpen {
+			if e.MayReach(n, max(t.Port, 1)) {
+				return true
+			}
 		}
 	}
 	return false
@@ -162,7 +166,7 @@ func (c *conn) listing(e *policy.Entry) []deviceRow {
 	}
 	rows := []deviceRow{}
 	for _, d := range devs {
-		if mayList(e, d.Name) {
+		if mayList(e, append([]string{d.Name}, d.Aliases...)...) {
 			rows = append(rows, row(d))
 		}
 	}
@@ -193,14 +197,14 @@ func dash(s string) string {
 
 func (c *conn) status(e *policy.Entry, target string, stdout, stderr io.Writer) int {
 	name, err := c.srv.resolve(target)
-	if err != nil || !mayList(e, name) {
+	info, seen := c.srv.cfg.Board.Lookup(name)
+	if err != nil || !mayList(e, append([]string{name, info.Name}, info.Aliases...)...) {
 		// Unknown and forbidden read the same, so the command cannot be used
 		// to discover names the key may not reach.
 		fmt.Fprintf(stderr, "switchboard: no device named %q\n", target)
 		return 1
 	}
 	p := c.srv.cfg.Policy()
-	info, seen := c.srv.cfg.Board.Lookup(name)
 	if !seen {
 		if owner := p.Owner(name); owner != nil {
 			info.Aliases = owner.Aliases

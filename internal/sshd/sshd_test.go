@@ -461,3 +461,46 @@ func TestChannelLimit(t *testing.T) {
 		return err == nil
 	}, "no slot freed after channels closed")
 }
+
+// TestWedgedDeviceIsHungUp: a device that answers keepalives but never
+// answers circuit opens gets refusals that say so, and after a few timeouts
+// in a row the server hangs it up, freeing every pending open.
+func TestWedgedDeviceIsHungUp(t *testing.T) {
+	devKey, opKey := newSigner(t), newSigner(t)
+	b := board.New(nil)
+	ts := startServer(t, []string{
+		authLine(`access="listen",hostname="wedged"`, devKey),
+		authLine(`access="initiate"`, opKey),
+	}, func(c *Config) {
+		c.Board = b
+		c.OpenTimeout = 100 * time.Millisecond
+	})
+	dev := ts.dial(t, "x", devKey)
+	chans := dev.HandleChannelOpen("forwarded-tcpip")
+	held := make(chan int)
+	go func() { // take each open and never answer it
+		var pending []ssh.NewChannel
+		for nc := range chans {
+			pending = append(pending, nc)
+		}
+		held <- len(pending)
+	}()
+	if ok, _, err := dev.SendRequest("tcpip-forward", true, ssh.Marshal(tcpipForwardRequest{BindPort: 22})); !ok || err != nil {
+		t.Fatalf("forward: %v %v", ok, err)
+	}
+	op := ts.dial(t, "op", opKey)
+	for i := range maxOpenTimeouts {
+		_, err := op.Dial("tcp", "wedged:22")
+		var oce *ssh.OpenChannelError
+		if !errors.As(err, &oce) || !strings.Contains(oce.Message, `device "wedged" did not answer within 100ms`) {
+			t.Fatalf("open %d: %v", i, err)
+		}
+	}
+	if n := <-held; n != maxOpenTimeouts {
+		t.Fatalf("device saw %d opens, want %d", n, maxOpenTimeouts)
+	}
+	eventually(t, 5*time.Second, func() bool {
+		info, _ := b.Lookup("wedged")
+		return !info.Connected
+	}, "the wedged device is still registered")
+}
