@@ -4,10 +4,14 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build test test-deps lint unit e2e fuzz demo bench clean
+.PHONY: build release test test-deps lint unit e2e fuzz demo bench clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/switchboard ./cmd/switchboard
+
+# Static binaries for linux amd64, arm64, armv6, armv7 and mipsle in dist/.
+release:
+	./scripts/release.sh $(VERSION)
 
 test-deps:
 	./scripts/test-deps.sh
@@ -31,6 +35,8 @@ test: test-deps lint unit e2e
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./internal/sshd/ -run '^$$' -fuzz FuzzParsePayloads -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/agent/ -run '^$$' -fuzz FuzzParseForward -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/enroll/ -run '^$$' -fuzz FuzzRewrite -fuzztime $(FUZZTIME)
 	@for f in $$($(GO) test ./internal/policy/ -list 'Fuzz.*' | grep ^Fuzz); do \
 	  $(GO) test ./internal/policy/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 
@@ -39,6 +45,7 @@ demo: build
 
 bench: build test-deps
 	$(GO) run ./bench -switchboard bin/switchboard
+	$(GO) run ./bench/agent -switchboard bin/switchboard
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

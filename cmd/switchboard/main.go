@@ -38,7 +38,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(serveCommand(stderr), agentCommand(stderr), versionCommand(stdout))
+	root.AddCommand(serveCommand(stderr), agentCommand(stderr), enrollCommand(stdout, stderr),
+		sshConfigCommand(stdout), versionCommand(stdout))
 
 	err := root.Execute()
 	var ue usageError

@@ -30,6 +30,9 @@ type Options struct {
 	AuthorizedKeys string   // default StateDir/authorized_keys
 	HostKeys       []string // default StateDir/ssh_host_ed25519_key, created if missing
 	Domain         string
+	// PublicAddr is the HOST:PORT devices dial; it is written to the state
+	// dir so that `switchboard enroll` can pin the host key under it.
+	PublicAddr string
 
 	KeepaliveInterval  time.Duration
 	KeepaliveCount     int
@@ -52,6 +55,9 @@ var supportedCiphers = []string{
 	"aes128-ctr", "aes192-ctr", "aes256-ctr",
 }
 
+// PublicAddrFile records --public-addr in the state dir for enroll.
+const PublicAddrFile = "public-addr"
+
 // DefaultHostKeyFile is the host key created in the state dir.
 const DefaultHostKeyFile = "ssh_host_ed25519_key"
 
@@ -69,6 +75,11 @@ func (o *Options) Validate() error {
 	}
 	if o.AuthorizedKeys == "" {
 		o.AuthorizedKeys = filepath.Join(o.StateDir, "authorized_keys")
+	}
+	if o.PublicAddr != "" {
+		if h, _, err := net.SplitHostPort(o.PublicAddr); err != nil || h == "" {
+			return fmt.Errorf("--public-addr %q: want HOST:PORT", o.PublicAddr)
+		}
 	}
 	if o.Domain != "" {
 		if _, err := policy.CanonicalName(o.Domain); err != nil {
@@ -101,6 +112,11 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	keys, err := loadHostKeys(o, logger)
 	if err != nil {
 		return err
+	}
+	if o.PublicAddr != "" {
+		if err := os.WriteFile(filepath.Join(o.StateDir, PublicAddrFile), []byte(o.PublicAddr+"\n"), 0o644); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
 	}
 	store := policy.NewStore(o.AuthorizedKeys, logger.With("component", "policy"))
 	if _, err := store.Load(); err != nil {
