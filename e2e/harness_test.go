@@ -51,6 +51,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	switchboardBin = bin
+	sweepStaleNamespaces()
 	return m.Run()
 }
 
@@ -156,6 +157,16 @@ type proc struct {
 	done   chan struct{} // closed when Wait returned
 	err    error         // Wait's result, valid once done is closed
 	quiet  bool          // no stderr dump at cleanup: the caller reports the output
+}
+
+// nsCommand is command for bin run inside network namespace ns ("" means the
+// test's own). ip netns exec execs bin in place, so signals to the process
+// (SIGSTOP, SIGKILL) reach bin itself.
+func nsCommand(ns, name, bin string, args ...string) *proc {
+	if ns == "" {
+		return command(name, bin, args...)
+	}
+	return command(name, "ip", append([]string{"netns", "exec", ns, bin}, args...)...)
 }
 
 // command prepares bin with args; set fields of p.cmd before start.
@@ -264,7 +275,13 @@ func (r result) String() string {
 // run runs bin to completion with stdin (nil: /dev/null), failing the test after timeout.
 func run(t testing.TB, stdin io.Reader, timeout time.Duration, bin string, args ...string) result {
 	t.Helper()
-	p := command(filepath.Base(bin), bin, args...)
+	return runIn(t, "", stdin, timeout, bin, args...)
+}
+
+// runIn is run inside network namespace ns ("" for the test's own).
+func runIn(t testing.TB, ns string, stdin io.Reader, timeout time.Duration, bin string, args ...string) result {
+	t.Helper()
+	p := nsCommand(ns, filepath.Base(bin), bin, args...)
 	p.cmd.Stdin = stdin
 	p.quiet = true // the caller reports the result
 	start := time.Now()
@@ -479,7 +496,8 @@ type server struct {
 	dir        string // scratch dir: ssh configs, known_hosts
 	stateDir   string
 	akPath     string // authorized_keys
-	addr       string // 127.0.0.1:PORT
+	addr       string // HOST:PORT it listens on, 127.0.0.1:PORT unless serverOpts.listen says otherwise
+	host       string // HOST of addr
 	port       int
 	hostKey    string // "ssh-ed25519 AAAA…"
 	knownHosts string // pinned known_hosts file for every client of this test
@@ -491,10 +509,13 @@ type serverOpts struct {
 	authorizedKeys []string // lines of DIR/authorized_keys
 	args           []string // extra flags after serve --listen --state-dir
 	stateDir       string   // reuse this state dir (default: a fresh one)
+	listen         string   // --listen HOST:PORT (default 127.0.0.1:0); a restarted server passes the old addr to keep its port
+	netns          string   // run inside this network namespace (see natLab)
 }
 
-// startServer runs switchboard serve on 127.0.0.1:0 and waits for "listening".
-// Cleanup stops it with SIGTERM and reports a crash or a non-zero exit.
+// startServer runs switchboard serve on 127.0.0.1:0 (or opts.listen) and waits
+// for "listening". Cleanup stops it with SIGTERM and reports a crash or a
+// non-zero exit.
 func startServer(t testing.TB, opts serverOpts) *server {
 	t.Helper()
 	s := &server{dir: t.TempDir(), stateDir: opts.stateDir}
@@ -508,8 +529,16 @@ func startServer(t testing.TB, opts serverOpts) *server {
 	if opts.authorizedKeys != nil {
 		s.setAuthorizedKeys(t, opts.authorizedKeys...)
 	}
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--state-dir", s.stateDir}, opts.args...)
-	s.proc = command("switchboard", switchboardBin, args...)
+	listen := opts.listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	wantHost, wantPort, err := net.SplitHostPort(listen)
+	if err != nil {
+		t.Fatalf("serverOpts.listen %q: %v", listen, err)
+	}
+	args := append([]string{"serve", "--listen", listen, "--state-dir", s.stateDir}, opts.args...)
+	s.proc = nsCommand(opts.netns, "switchboard", switchboardBin, args...)
 	s.log = &jsonLog{buf: s.proc.stderr}
 	s.proc.start(t)
 	t.Cleanup(func() {
@@ -528,12 +557,13 @@ func startServer(t testing.TB, opts serverOpts) *server {
 	e := s.waitLog(t, logMsg("listening"), startTimeout)
 	s.addr = e.str("addr")
 	host, port, err := net.SplitHostPort(s.addr)
-	if err != nil || host != "127.0.0.1" {
-		t.Fatalf("listening line has addr %q, want 127.0.0.1:PORT: %v", s.addr, err)
+	if err != nil || host != wantHost {
+		t.Fatalf("listening line has addr %q, want %s:PORT: %v", s.addr, wantHost, err)
 	}
+	s.host = host
 	s.port, _ = strconv.Atoi(port)
-	if s.port == 0 {
-		t.Fatalf("listening line has addr %q: want the actual port, not 0", s.addr)
+	if s.port == 0 || (wantPort != "0" && port != wantPort) {
+		t.Fatalf("listening line has addr %q: want the actual port, asked for %s", s.addr, wantPort)
 	}
 
 	pub, err := os.ReadFile(filepath.Join(s.stateDir, "ssh_host_ed25519_key.pub"))
@@ -546,8 +576,20 @@ func startServer(t testing.TB, opts serverOpts) *server {
 	}
 	s.hostKey = f[0] + " " + f[1]
 	s.knownHosts = filepath.Join(s.dir, "known_hosts")
-	s.pinHost(t, fmt.Sprintf("[127.0.0.1]:%d", s.port), s.hostKey)
+	s.pinHost(t, s.knownHostsName(), s.hostKey)
 	return s
+}
+
+// knownHostsName is the server's name in known_hosts: [HOST]:PORT.
+func (s *server) knownHostsName() string { return fmt.Sprintf("[%s]:%d", s.host, s.port) }
+
+// kill sends SIGKILL, as a crash or the OOM killer would, and waits for the
+// process to go; cleanup then expects nothing more of it.
+func (s *server) kill(t testing.TB) {
+	t.Helper()
+	s.stopped = true
+	s.proc.signal(syscall.SIGKILL)
+	s.proc.waitExit(t, 10*time.Second)
 }
 
 // stop sends SIGTERM and returns the exit status.
@@ -589,16 +631,7 @@ func (s *server) setAuthorizedKeys(t testing.TB, lines ...string) {
 func (s *server) mark() int { return len(s.log.all()) }
 
 // logsFrom returns the log lines from index from on that match.
-func (s *server) logsFrom(from int, p logPred) []logEntry {
-	var out []logEntry
-	all := s.log.all()
-	for _, e := range all[min(from, len(all)):] {
-		if p.ok(e) {
-			out = append(out, e)
-		}
-	}
-	return out
-}
+func (s *server) logsFrom(from int, p logPred) []logEntry { return s.log.from(from, p) }
 
 // waitLog waits for a log line that matches, from the start of the log.
 func (s *server) waitLog(t testing.TB, p logPred, timeout time.Duration) logEntry {
@@ -610,15 +643,40 @@ func (s *server) waitLog(t testing.TB, p logPred, timeout time.Duration) logEntr
 // at once if the server or one of watch exits meanwhile.
 func (s *server) waitLogFrom(t testing.TB, from int, p logPred, timeout time.Duration, watch ...*proc) logEntry {
 	t.Helper()
+	return waitJSON(t, "server", s.log, func() error {
+		if s.proc.exited() && !s.stopped {
+			return fmt.Errorf("switchboard exited: %v\n%s", s.proc.err, tail(s.proc.stderr.String(), 30))
+		}
+		return nil
+	}, from, p, timeout, watch...)
+}
+
+// from returns the lines from index from on that p matches.
+func (j *jsonLog) from(from int, p logPred) []logEntry {
+	var out []logEntry
+	all := j.all()
+	for _, e := range all[min(from, len(all)):] {
+		if p.ok(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitJSON waits for a line of l, at index from or later, that p matches.
+// who names the log's writer; gone reports why waiting is pointless (its
+// writer exited), and any of watch exiting ends the wait too.
+func waitJSON(t testing.TB, who string, l *jsonLog, gone func() error, from int, p logPred, timeout time.Duration, watch ...*proc) logEntry {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var found logEntry
-	await(t, timeout+time.Second, "server log line "+p.desc, func() (bool, error) {
-		if m := s.logsFrom(from, p); len(m) > 0 {
+	await(t, timeout+time.Second, who+" log line "+p.desc, func() (bool, error) {
+		if m := l.from(from, p); len(m) > 0 {
 			found = m[0]
 			return true, nil
 		}
-		if s.proc.exited() && !s.stopped {
-			return false, fmt.Errorf("switchboard exited: %v\n%s", s.proc.err, tail(s.proc.stderr.String(), 30))
+		if err := gone(); err != nil {
+			return false, err
 		}
 		for _, w := range watch {
 			if w.exited() {
@@ -627,7 +685,7 @@ func (s *server) waitLogFrom(t testing.TB, from int, p logPred, timeout time.Dur
 		}
 		if time.Now().After(deadline) {
 			var near []string
-			for _, e := range s.logsFrom(from, logPred{ok: func(e logEntry) bool { return slices.Contains(p.msgs, e.str("msg")) }}) {
+			for _, e := range l.from(from, logPred{ok: func(e logEntry) bool { return slices.Contains(p.msgs, e.str("msg")) }}) {
 				near = append(near, e.String())
 			}
 			return false, fmt.Errorf("none after %v; lines with msg %q: %d\n%s", timeout, p.msgs, len(near), strings.Join(near, "\n"))
@@ -644,12 +702,12 @@ func (s *server) sshConfig(t testing.TB, k key) string {
 	t.Helper()
 	path := filepath.Join(s.dir, "ssh_config."+k.name)
 	cfg := fmt.Sprintf(`Host pivot
-	HostName 127.0.0.1
+	HostName %s
 	Port %d
 	User operator
 Host *
 	User %s
-%s`, s.port, currentUser(t), indent(clientOptions(k, s.knownHosts)))
+%s`, s.host, s.port, currentUser(t), indent(clientOptions(k, s.knownHosts)))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -710,11 +768,27 @@ type sshd struct {
 	proc    *proc
 	port    int
 	hostKey string // "ssh-ed25519 AAAA…"
+	netns   string
+	addr    string // listen address
+	cfg     string // sshd_config
+}
+
+// sshdOpts configures startSSHDOpts; the zero value is startSSHD's.
+type sshdOpts struct {
+	netns string // run inside this network namespace
+	addr  string // ListenAddress host (default 127.0.0.1)
+	port  int    // default: a port free a moment ago
 }
 
 // startSSHD runs /usr/sbin/sshd -D -e on 127.0.0.1 with its own host key,
 // accepting the given keys for the current user.
 func startSSHD(t testing.TB, authorized ...key) *sshd {
+	t.Helper()
+	return startSSHDOpts(t, sshdOpts{}, authorized...)
+}
+
+// startSSHDOpts is startSSHD with a namespace, address or port.
+func startSSHDOpts(t testing.TB, o sshdOpts, authorized ...key) *sshd {
 	t.Helper()
 	need(t, "/usr/sbin/sshd", "ssh-keygen")
 	_ = os.MkdirAll("/run/sshd", 0o755) // privilege separation dir; exists on a normal install
@@ -728,10 +802,16 @@ func startSSHD(t testing.TB, authorized ...key) *sshd {
 	if err := os.WriteFile(ak, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	d := &sshd{hostKey: hk.typeAndBlob(), netns: o.netns, addr: o.addr, cfg: filepath.Join(dir, "sshd_config")}
+	if d.addr == "" {
+		d.addr = "127.0.0.1"
+	}
 	for attempt := 0; ; attempt++ {
-		port := freePort(t)
-		cfg := filepath.Join(dir, "sshd_config")
-		conf := fmt.Sprintf(`ListenAddress 127.0.0.1:%d
+		d.port = o.port
+		if d.port == 0 {
+			d.port = freePort(t)
+		}
+		conf := fmt.Sprintf(`ListenAddress %s
 HostKey %s
 AuthorizedKeysFile %s
 StrictModes no
@@ -747,30 +827,54 @@ MaxStartups 100
 MaxSessions 100
 LogLevel INFO
 Subsystem sftp internal-sftp
-`, port, hk.path, ak)
-		if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+`, net.JoinHostPort(d.addr, strconv.Itoa(d.port)), hk.path, ak)
+		if err := os.WriteFile(d.cfg, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p := command("sshd", "/usr/sbin/sshd", "-D", "-e", "-f", cfg).start(t)
-		ready := fmt.Sprintf("Server listening on 127.0.0.1 port %d", port)
-		inUse := false
-		await(t, startTimeout, "sshd to listen", func() (bool, error) {
-			if strings.Contains(p.stderr.String(), ready) {
-				return true, nil
-			}
-			if p.exited() {
-				if strings.Contains(p.stderr.String(), "Address already in use") && attempt < 5 {
-					inUse = true
-					return true, nil
-				}
-				return false, fmt.Errorf("sshd exited: %v\n%s", p.err, p.stderr.String())
-			}
-			return false, nil
-		})
-		if !inUse {
-			return &sshd{proc: p, port: port, hostKey: hk.typeAndBlob()}
+		if !d.launch(t, o.port == 0 && attempt < 5) {
+			return d
 		}
 	}
+}
+
+// launch starts sshd with d.cfg and waits until it listens. It returns true
+// if the port was taken and retry allows trying another.
+func (d *sshd) launch(t testing.TB, retry bool) (inUse bool) {
+	t.Helper()
+	p := nsCommand(d.netns, "sshd", "/usr/sbin/sshd", "-D", "-e", "-f", d.cfg).start(t)
+	ready := fmt.Sprintf("Server listening on %s port %d", d.addr, d.port)
+	await(t, startTimeout, "sshd to listen", func() (bool, error) {
+		if strings.Contains(p.stderr.String(), ready) {
+			return true, nil
+		}
+		if p.exited() {
+			if strings.Contains(p.stderr.String(), "Address already in use") && retry {
+				inUse = true
+				return true, nil
+			}
+			return false, fmt.Errorf("sshd exited: %v\n%s", p.err, p.stderr.String())
+		}
+		return false, nil
+	})
+	d.proc = p
+	return inUse
+}
+
+// stop kills the listening sshd. Sessions it already accepted run on: each
+// is its own process, in its own session.
+func (d *sshd) stop(t testing.TB) {
+	t.Helper()
+	d.proc.signal(syscall.SIGKILL)
+	d.proc.waitExit(t, 10*time.Second)
+}
+
+// restart starts the stopped sshd again on the same port with the same host key.
+func (d *sshd) restart(t testing.TB) {
+	t.Helper()
+	if !d.proc.exited() {
+		t.Fatal("sshd.restart: the sshd is still running")
+	}
+	d.launch(t, false)
 }
 
 // device is a running `ssh -N -R …` connected to the server.
@@ -819,7 +923,7 @@ func launchDevice(t testing.TB, s *server, o deviceOpts) *device {
 		args = append(args, "-R", f)
 	}
 	args = append(args, o.args...)
-	args = append(args, o.user+"@127.0.0.1")
+	args = append(args, o.user+"@"+s.host)
 	d := &device{name: o.name, fwds: o.forwards, srv: s, mark: s.mark()}
 	d.proc = command("device "+o.name, "ssh", args...).start(t)
 	return d

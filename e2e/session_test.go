@@ -22,7 +22,13 @@ type lsDevice struct {
 // lsJSON runs `ls --json` on the server and returns the devices by lower-case name.
 func lsJSON(t testing.TB, cfg string) map[string]lsDevice {
 	t.Helper()
-	r := mustSucceed(t, "ssh pivot ls --json", runSSH(t, cfg, "pivot", "ls", "--json"))
+	return lsJSONIn(t, "", cfg)
+}
+
+// lsJSONIn is lsJSON with the operator's ssh inside network namespace ns.
+func lsJSONIn(t testing.TB, ns, cfg string) map[string]lsDevice {
+	t.Helper()
+	r := mustSucceed(t, "ssh pivot ls --json", runIn(t, ns, nil, runTimeout, "ssh", "-F", cfg, "pivot", "ls", "--json"))
 	var list []lsDevice
 	dec := json.NewDecoder(strings.NewReader(r.stdout))
 	if err := dec.Decode(&list); err != nil {
