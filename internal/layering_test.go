@@ -15,11 +15,14 @@ const module = "github.com/switchboard-dev/switchboard/"
 var forbidden = map[string][]string{
 	"internal/policy":  {"internal/board", "internal/circuit", "internal/sshd", "internal/server", "cmd/"},
 	"internal/circuit": {"internal/policy", "internal/board", "internal/sshd", "internal/server", "cmd/"},
-	"internal/board":   {"internal/policy", "internal/sshd", "internal/server", "cmd/", "golang.org/x/crypto/ssh"},
-	"internal/sshd":    {"internal/server", "cmd/"},
-	"internal/server":  {"cmd/"},
+	"internal/board":   {"internal/policy", "internal/sshd", "internal/server", "cmd/", "golang.org/x/crypto/ssh", "internal/wake", "github.com/eclipse", "github.com/mochi-mqtt"},
+	// The SSH front end knows nothing of MQTT either.
+	"internal/sshd":   {"internal/server", "cmd/", "internal/wake", "internal/waker", "internal/broker", "internal/mqttc"},
+	"internal/server": {"cmd/"},
 	// The device side never learns the server's internals.
-	"internal/agent":     {"internal/board", "internal/policy", "internal/sshd", "internal/server", "internal/enroll", "cmd/"},
+	"internal/agent": {"internal/board", "internal/policy", "internal/sshd", "internal/server", "internal/enroll", "internal/waker", "internal/broker", "cmd/"},
+	// The protocol knows no broker, no library and no server internals.
+	"internal/wake":      {"internal/", "cmd/", "github.com/eclipse/paho.golang", "github.com/mochi-mqtt"},
 	"internal/keepalive": {"internal/", "cmd/"},
 	"internal/enroll":    {"internal/board", "internal/circuit", "internal/sshd", "internal/server", "internal/agent", "cmd/"},
 }

@@ -36,6 +36,8 @@ type Agent struct {
 	mu  sync.Mutex // guards cfg and creds, replaced by Reload
 	cfg Config
 	crd credentials
+
+	od onDemandState
 }
 
 // credentials are what the config's files hold, loaded once per (re)load.
@@ -157,7 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		cfg, _ = a.current()
 		bo.Min, bo.Max = cfg.BackoffMin, cfg.BackoffMax
 		a.log.Info("connecting", "server", cfg.Server, "attempt", attempt)
-		up, err := a.session(ctx)
+		up, err := a.session(ctx, sessionOpts{})
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -191,11 +193,29 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// sessionOpts adapts one session: an on-demand one dials the server named
+// in the wake-up and hangs up when idle.
+type sessionOpts struct {
+	server string       // dial this instead of the configured server
+	crd    *credentials // with these known host keys
+	// idle hangs up after this long without a circuit; maxLen after this
+	// long regardless, in case a circuit leaks. Zero: never.
+	idle, maxLen time.Duration
+	// registered is called once the forwards are registered.
+	registered func()
+}
+
+// errIdle ends an on-demand session that has nothing left to do.
+var errIdle = errors.New("agent: idle")
+
 // session dials, registers the forwards and serves circuits until the
-// connection dies, ctx ends, or a reload needs a new connection. It returns
-// how long the connection was up.
-func (a *Agent) session(ctx context.Context) (time.Duration, error) {
+// connection dies, ctx ends, a reload needs a new connection, or (on
+// demand) it is idle. It returns how long the connection was up.
+func (a *Agent) session(ctx context.Context, o sessionOpts) (time.Duration, error) {
 	cfg, crd := a.current()
+	if o.server != "" {
+		cfg.Server, crd = o.server, *o.crd
+	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	nc, err := a.dialer.DialContext(dctx, "tcp", cfg.Server)
 	cancel()
@@ -231,7 +251,17 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 
 	s := &link{sc: sc, log: a.log, forwards: map[uint32]Forward{}}
 	go ssh.DiscardRequests(reqs) // server keepalives: any reply proves us alive
-	var circuits sync.WaitGroup
+	var (
+		circuits sync.WaitGroup
+		active   atomic.Int32
+		changed  = make(chan struct{}, 1) // a circuit started or ended
+	)
+	poke := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
 	chansDone := make(chan struct{})
 	go func() {
 		defer close(chansDone)
@@ -241,8 +271,10 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 				continue
 			}
 			circuits.Add(1)
+			active.Add(1)
+			poke()
 			go func() {
-				defer circuits.Done()
+				defer func() { active.Add(-1); poke(); circuits.Done() }()
 				s.serveCircuit(nc, cfg.ConnectTimeout)
 			}()
 		}
@@ -264,10 +296,43 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 	if err := s.apply(cfg.Forwards); err != nil {
 		return time.Since(start), err
 	}
+	if o.registered != nil {
+		o.registered()
+	}
 	dead := make(chan error, 1)
 	go func() { dead <- sc.Wait() }()
+	idle := stoppedTimer()
+	if o.idle > 0 {
+		idle.Reset(o.idle)
+	}
+	defer idle.Stop()
+	var maxLen <-chan time.Time
+	if o.maxLen > 0 {
+		t := time.NewTimer(o.maxLen)
+		defer t.Stop()
+		maxLen = t.C
+	}
+	hangUp := func(why string, err error) (time.Duration, error) {
+		a.log.Info("hanging up", "reason", why)
+		sc.Close()
+		<-dead
+		return time.Since(start), err
+	}
 	for {
 		select {
+		case <-changed:
+			if o.idle > 0 {
+				idle.Stop()
+				if active.Load() == 0 {
+					idle.Reset(o.idle)
+				}
+			}
+		case <-idle.C:
+			if active.Load() == 0 {
+				return hangUp(fmt.Sprintf("no circuit for %s", o.idle), errIdle)
+			}
+		case <-maxLen:
+			return hangUp(fmt.Sprintf("the session reached its maximum length, %s", o.maxLen), errIdle)
 		case <-ctx.Done():
 			a.log.Info("stopping", "server", cfg.Server)
 			sc.Close()
@@ -299,6 +364,13 @@ func (a *Agent) session(ctx context.Context) (time.Duration, error) {
 			}
 		}
 	}
+}
+
+// stoppedTimer returns a timer that will not fire until Reset.
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
 }
 
 func isEOF(err error) bool {

@@ -43,14 +43,18 @@ type Identity struct {
 }
 
 // Board is the registry of live devices. The zero value is not usable; call
-// New.
+// New. Lock order: Board.mu before Device.mu.
 type Board struct {
-	now func() time.Time
+	now         func() time.Time
+	waker       Waker         // nil: devices are never woken
+	wakeTimeout time.Duration // set with waker, before use
 
 	mu       sync.Mutex
 	byName   map[string]*Device  // every name and alias of every live device
 	lastSeen map[string]Sighting // every name a departed device held
 	changes  uint64              // counts updates to lastSeen, so a saver knows when to write
+	wakes    map[string]*wakeCall
+	changed  map[string]chan struct{} // closed when a device with that name adds a port
 }
 
 // Sighting is when a name was last held by a live device, and that device's
@@ -65,7 +69,8 @@ func New(now func() time.Time) *Board {
 	if now == nil {
 		now = time.Now
 	}
-	return &Board{now: now, byName: map[string]*Device{}, lastSeen: map[string]Sighting{}}
+	return &Board{now: now, byName: map[string]*Device{}, lastSeen: map[string]Sighting{},
+		wakes: map[string]*wakeCall{}, changed: map[string]chan struct{}{}}
 }
 
 // Device is one live device connection registered under one or more names.
@@ -132,6 +137,7 @@ func (b *Board) Attach(names []string, id Identity, link Link) (*Device, []*Devi
 	dev.since = now
 	for _, n := range dev.names {
 		b.byName[n] = dev
+		delete(b.wakes, n) // it came: the next absence deserves a new wake
 	}
 	b.mu.Unlock()
 	for _, old := range displaced {
@@ -203,6 +209,18 @@ var ErrTooManyForwards = fmt.Errorf("board: a device may forward at most %d port
 // Listen adds a virtual port. Port 0 picks a free one. It returns the port
 // operators reach.
 func (d *Device) Listen(bindAddr string, port uint32) (uint32, error) {
+	port, err := d.listen(bindAddr, port)
+	if err == nil {
+		// After d.mu is released: the board's lock is taken before a
+		// device's elsewhere.
+		d.board.mu.Lock()
+		d.board.notifyLocked(d)
+		d.board.mu.Unlock()
+	}
+	return port, err
+}
+
+func (d *Device) listen(bindAddr string, port uint32) (uint32, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.forwards) >= MaxForwards {
@@ -223,6 +241,14 @@ func (d *Device) Listen(bindAddr string, port uint32) (uint32, error) {
 	}
 	d.forwards[port] = Forward{Port: port, BindAddr: bindAddr}
 	return port, nil
+}
+
+// has reports whether the device forwards port.
+func (d *Device) has(port uint32) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.forwards[port]
+	return ok
 }
 
 // Cancel removes a virtual port. It reports whether the port was forwarded.
@@ -346,12 +372,34 @@ func (b *Board) Open(ctx context.Context, name string, port uint32, origin netip
 	dev := b.byName[name]
 	seen := b.lastSeen[name].At
 	b.mu.Unlock()
+	if dev == nil && b.waker != nil {
+		var err error
+		dev, err = b.awaitWoken(ctx, name, port)
+		switch {
+		case errors.Is(err, ErrNoWake):
+			// Not on demand: it is simply offline.
+		case err != nil:
+			return nil, dev, err
+		}
+	}
 	if dev == nil {
 		return nil, nil, &OfflineError{Name: name, LastSeen: seen}
 	}
 	dev.mu.Lock()
 	fwd, ok := dev.forwards[port]
 	dev.mu.Unlock()
+	if !ok && b.waker != nil && b.now().Sub(dev.since) < portGrace {
+		// Just woken and still registering its forwards.
+		wctx, cancel := context.WithTimeout(ctx, portGrace)
+		dev, err := b.awaitPort(wctx, name, port)
+		cancel()
+		if err != nil {
+			return nil, dev, err
+		}
+		dev.mu.Lock()
+		fwd, ok = dev.forwards[port]
+		dev.mu.Unlock()
+	}
 	if !ok {
 		return nil, dev, &NoPortError{Name: name, Port: port, Exposed: dev.Ports()}
 	}

@@ -67,8 +67,13 @@ func (c *conn) directTCPIP(nc ssh.NewChannel) {
 	}
 	defer c.srv.circuitEnded(c.fp)
 
-	// The open stops waiting if this operator's connection ends first.
-	ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.OpenTimeout)
+	// The open stops waiting if this operator's connection ends first; a
+	// sleeping device gets its wake timeout on top.
+	timeout := c.srv.cfg.OpenTimeout
+	if ok, wake := c.srv.cfg.Board.CanWake(); ok {
+		timeout += wake
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	devCh, dev, err := c.srv.cfg.Board.Open(ctx, name, req.Port, c.remote)
 	cancel()
 	if err != nil {

@@ -49,7 +49,14 @@ func refusalFor(err error, name string, port uint32, reserved bool, timeout time
 	var off *board.OfflineError
 	var noPort *board.NoPortError
 	var openErr *ssh.OpenChannelError
+	var wakeTimeout *board.WakeTimeoutError
+	var wakeErr *board.WakeError
 	switch {
+	case errors.As(err, &wakeTimeout):
+		return refuse(ssh.ConnectionFailed, "device %q did not answer the wake-up within %s", name, wakeTimeout.After)
+	case errors.As(err, &wakeErr):
+		// The cause (broker address, TLS detail) is for the log only.
+		return refuse(ssh.ConnectionFailed, "device %q is asleep and the server could not send it a wake-up; try again shortly", name)
 	case errors.As(err, &off):
 		if off.LastSeen.IsZero() && !reserved {
 			return noDevice(name)

@@ -2,11 +2,14 @@ package sshd
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"path"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -17,7 +20,7 @@ import (
 )
 
 const helpText = `switchboard commands (run as: ssh -p PORT SERVER COMMAND):
-  ls             list the devices your key may reach
+  ls [PATTERN]   list the devices your key may reach (PATTERN: a glob such as 'cam-*')
   ls --json      the same, as JSON for scripts
   status NAME    one device in detail
   help           this text
@@ -86,13 +89,23 @@ func (c *conn) runCommand(e *policy.Entry, line string, stdout, stderr io.Writer
 	case args[0] == "help" || args[0] == "--help" || args[0] == "-h":
 		io.WriteString(stdout, helpText)
 		return 0
-	case args[0] == "ls" && len(args) == 1:
-		c.writeTable(stdout, c.listing(e))
-		return 0
-	case args[0] == "ls" && len(args) == 2 && args[1] == "--json":
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(c.listing(e))
+	case args[0] == "ls":
+		asJSON, pattern, err := lsArgs(args[1:])
+		if err != nil {
+			fmt.Fprintf(stderr, "switchboard: %v; usage: ls [--json] [PATTERN]\n", err)
+			return 2
+		}
+		rows := c.listing(e, pattern)
+		if asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			enc.Encode(rows)
+			return 0
+		}
+		c.writeTable(stdout, rows)
+		if len(rows) > maxStateQueries {
+			fmt.Fprintf(stdout, "(state of on-demand devices shown for the first %d rows: narrow with ls PATTERN)\n", maxStateQueries)
+		}
 		return 0
 	case args[0] == "status" && len(args) == 2:
 		return c.status(e, args[1], stdout, stderr)
@@ -104,12 +117,13 @@ func (c *conn) runCommand(e *policy.Entry, line string, stdout, stderr io.Writer
 
 // deviceRow is one device in `ls` and `ls --json`.
 type deviceRow struct {
-	Name    string   `json:"name"`
-	Aliases []string `json:"aliases"`
-	Ports   []uint32 `json:"ports"`
-	State   string   `json:"state"`
-	Since   string   `json:"since,omitempty"`
-	Remote  string   `json:"remote,omitempty"`
+	Name     string   `json:"name"`
+	Aliases  []string `json:"aliases"`
+	Ports    []uint32 `json:"ports"`
+	State    string   `json:"state"`
+	Since    string   `json:"since,omitempty"`
+	Remote   string   `json:"remote,omitempty"`
+	OnDemand bool     `json:"on_demand,omitempty"`
 }
 
 func row(in board.Info) deviceRow {
@@ -149,7 +163,30 @@ func mayList(e *policy.Entry, names ...string) bool {
 
 // listing is every device the key may reach: live, seen since the server
 // started, and reserved by authorized_keys but never seen.
-func (c *conn) listing(e *policy.Entry) []deviceRow {
+// lsArgs reads `ls [--json] [PATTERN]`.
+func lsArgs(args []string) (asJSON bool, pattern string, err error) {
+	for _, a := range args {
+		switch {
+		case a == "--json":
+			asJSON = true
+		case strings.HasPrefix(a, "-") || pattern != "":
+			return false, "", fmt.Errorf("unexpected %q", clip(a))
+		default:
+			pattern = strings.ToLower(a)
+			if _, err := path.Match(pattern, ""); err != nil {
+				return false, "", fmt.Errorf("bad pattern %q", clip(a))
+			}
+		}
+	}
+	return asJSON, pattern, nil
+}
+
+// maxStateQueries bounds the on-demand states one `ls` fetches: each is a
+// short subscription to one device's retained state, and a listing must not
+// turn into a query of the whole fleet.
+const maxStateQueries = 200
+
+func (c *conn) listing(e *policy.Entry, pattern string) []deviceRow {
 	devs := c.srv.cfg.Board.Devices()
 	known := map[string]bool{}
 	for _, d := range devs {
@@ -166,12 +203,49 @@ func (c *conn) listing(e *policy.Entry) []deviceRow {
 	}
 	rows := []deviceRow{}
 	for _, d := range devs {
+		if pattern != "" {
+			if ok, _ := path.Match(pattern, d.Name); !ok {
+				continue
+			}
+		}
 		if mayList(e, append([]string{d.Name}, d.Aliases...)...) {
 			rows = append(rows, row(d))
 		}
 	}
 	sortRows(rows)
+	c.addWakeStates(rows)
 	return rows
+}
+
+// addWakeStates fills in what on-demand devices among the offline rows last
+// said of themselves, for at most maxStateQueries rows, all at once.
+func (c *conn) addWakeStates(rows []deviceRow) {
+	if ok, _ := c.srv.cfg.Board.CanWake(); !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range rows[:min(len(rows), maxStateQueries)] {
+		if rows[i].State == "connected" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ws, ok, err := c.srv.cfg.Board.WakeState(ctx, rows[i].Name); err == nil && ok {
+				rows[i].State = ws.State
+				rows[i].Since = ws.Since.UTC().Format(time.RFC3339)
+				rows[i].OnDemand = true
+			}
+		}()
+	}
+	wg.Wait()
+	for i := maxStateQueries; i < len(rows); i++ {
+		if rows[i].State != "connected" {
+			rows[i].State += "?"
+		}
+	}
 }
 
 func (c *conn) writeTable(w io.Writer, rows []deviceRow) {
@@ -204,21 +278,38 @@ func (c *conn) status(e *policy.Entry, target string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stderr, "switchboard: no device named %q\n", target)
 		return 1
 	}
-	p := c.srv.cfg.Policy()
+	var ws board.WakeState
+	onDemand := false
+	if !info.Connected {
+		// One device's retained state: a bounded question, whatever the
+		// fleet's size.
+		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+		ws, onDemand, _ = c.srv.cfg.Board.WakeState(ctx, name)
+		cancel()
+	}
 	if !seen {
-		if owner := p.Owner(name); owner != nil {
+		if owner := c.srv.cfg.Policy().Owner(name); owner != nil {
 			info.Aliases = owner.Aliases
-		} else {
+		} else if !onDemand {
 			fmt.Fprintf(stderr, "switchboard: no device named %q\n", target)
 			return 1
 		}
 	}
 	r := row(info)
+	if onDemand {
+		r.State = ws.State
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\n", r.Name)
 	fmt.Fprintf(tw, "aliases:\t%s\n", dash(strings.Join(r.Aliases, ", ")))
 	fmt.Fprintf(tw, "state:\t%s\n", r.State)
 	switch {
+	case onDemand:
+		fmt.Fprintf(tw, "on demand:\t%s since %s (%s ago)%s\n", ws.State, ws.Since.UTC().Format(time.RFC3339),
+			ago(c.srv.cfg.Now().Sub(ws.Since)), agentVersion(ws.Agent))
+		if seen {
+			fmt.Fprintf(tw, "last seen:\t%s (%s ago)\n", r.Since, ago(c.srv.cfg.Now().Sub(info.Since)))
+		}
 	case info.Connected:
 		fmt.Fprintf(tw, "since:\t%s (%s ago)\n", r.Since, ago(c.srv.cfg.Now().Sub(info.Since)))
 		fmt.Fprintf(tw, "ports:\t%s\n", strings.TrimPrefix(exposes(info.Ports), "it exposes "))
@@ -245,4 +336,11 @@ func (c crlfWriter) Write(p []byte) (int, error) {
 
 func sortRows(rows []deviceRow) {
 	slices.SortFunc(rows, func(a, b deviceRow) int { return cmp.Compare(a.Name, b.Name) })
+}
+
+func agentVersion(v string) string {
+	if v == "" {
+		return ""
+	}
+	return ", agent " + v
 }
