@@ -37,6 +37,8 @@ fuzz:
 	$(GO) test ./internal/sshd/ -run '^$$' -fuzz FuzzParsePayloads -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/agent/ -run '^$$' -fuzz FuzzParseForward -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/enroll/ -run '^$$' -fuzz FuzzRewrite -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wake/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/broker/ -run '^$$' -fuzz FuzzACL -fuzztime $(FUZZTIME)
 	@for f in $$($(GO) test ./internal/policy/ -list 'Fuzz.*' | grep ^Fuzz); do \
 	  $(GO) test ./internal/policy/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 

@@ -166,7 +166,7 @@ func run(sb string, runs, connects int, size int64) error {
 	os.WriteFile(l.path("state", "authorized_keys"), []byte(
 		`access="listen",hostname="dev42" `+devPub+"\n"+`access="initiate" `+opPub+"\n"), 0o600)
 	if _, err := l.start(sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", ports["switchboard"]),
-		"--state-dir", l.path("state"), "--log-level", "warn"); err != nil {
+		"--state-dir", l.path("state"), "--log-level", "warn", "--mqtt", "off"); err != nil {
 		return err
 	}
 	for _, n := range []string{"target", "relay", "switchboard"} {

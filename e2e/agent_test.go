@@ -495,7 +495,7 @@ func TestAgentFaults(t *testing.T) {
 
 		amark = r.agent.mark()
 		srv2 := startServer(t, serverOpts{stateDir: r.srv.stateDir, listen: r.srv.addr, args: fastServerFlags})
-		listening := srv2.waitLog(t, logMsg("listening"), logTimeout)
+		listening := srv2.waitLog(t, sshListening, logTimeout)
 		reg := srv2.waitLogFrom(t, 0, logMsg("device registered", "device", "dev42", "port", 22), 20*time.Second, r.agent.proc)
 		back := logTime(t, reg).Sub(logTime(t, listening))
 		t.Logf("reconnect after a server restart: device registered %v after the new server listened (backoff-max 1s)", back.Round(time.Millisecond))

@@ -538,6 +538,11 @@ func startServer(t testing.TB, opts serverOpts) *server {
 		t.Fatalf("serverOpts.listen %q: %v", listen, err)
 	}
 	args := append([]string{"serve", "--listen", listen, "--state-dir", s.stateDir}, opts.args...)
+	if !slices.ContainsFunc(opts.args, func(a string) bool { return strings.HasPrefix(a, "--mqtt") }) {
+		// The embedded broker is on by default, on :8883: give each of the
+		// suite's parallel servers its own port.
+		args = append(args, "--mqtt-listen", "127.0.0.1:0")
+	}
 	s.proc = nsCommand(opts.netns, "switchboard", switchboardBin, args...)
 	s.log = &jsonLog{buf: s.proc.stderr}
 	s.proc.start(t)
@@ -554,7 +559,7 @@ func startServer(t testing.TB, opts serverOpts) *server {
 		}
 	})
 
-	e := s.waitLog(t, logMsg("listening"), startTimeout)
+	e := s.waitLog(t, sshListening, startTimeout)
 	s.addr = e.str("addr")
 	host, port, err := net.SplitHostPort(s.addr)
 	if err != nil || host != wantHost {
@@ -579,6 +584,12 @@ func startServer(t testing.TB, opts serverOpts) *server {
 	s.pinHost(t, s.knownHostsName(), s.hostKey)
 	return s
 }
+
+// sshListening matches the SSH listener's "listening" line; other components
+// (the embedded MQTT broker) may log a "listening" line of their own.
+var sshListening = logPred{msgs: []string{"listening"}, desc: `msg="listening" component="sshd" (or none)`, ok: func(e logEntry) bool {
+	return e.str("msg") == "listening" && (e.str("component") == "" || e.str("component") == "sshd")
+}}
 
 // knownHostsName is the server's name in known_hosts: [HOST]:PORT.
 func (s *server) knownHostsName() string { return fmt.Sprintf("[%s]:%d", s.host, s.port) }

@@ -51,10 +51,10 @@ EOF
 sed 's/^/    /' state/authorized_keys
 
 say "Start the server (the public pivot) on 127.0.0.1:$pivot_port"
-"$sb" serve --listen "127.0.0.1:$pivot_port" --state-dir state 2> server.log &
+"$sb" serve --listen "127.0.0.1:$pivot_port" --state-dir state --mqtt-listen 127.0.0.1:0 2> server.log &
 pids+=($!)
 wait_for 10 "the server's host key" test -s state/ssh_host_ed25519_key.pub
-wait_for 10 "the server to listen" grep -q '"msg":"listening"' server.log
+wait_for 10 "the server to listen" grep -q '"msg":"listening","component":"sshd"' server.log
 echo "    listening; host key $(ssh-keygen -lf state/ssh_host_ed25519_key.pub | cut -d' ' -f2)"
 
 say "The device's own sshd (what operators will reach) on 127.0.0.1:$sshd_port"

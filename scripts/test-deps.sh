@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests drive, when it is missing: the real
-# OpenSSH client and server, nc, rsync, curl, and ip/iptables for the NAT
-# lab. Needs root on Debian/Ubuntu.
+# OpenSSH client and server, nc, rsync, curl, ip/iptables for the NAT lab,
+# and mosquitto for the external-broker tests. Needs root on Debian/Ubuntu.
 set -euo pipefail
 
 need=()
@@ -13,6 +13,8 @@ command -v curl    >/dev/null || need+=(curl)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v ip      >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -25,5 +27,7 @@ echo "test-deps: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# The package starts a system sshd on :22; the tests run their own.
+# The packages start a system sshd on :22 and a mosquitto on :1883; the tests
+# run their own.
 systemctl disable --now ssh >/dev/null 2>&1 || true
+systemctl disable --now mosquitto >/dev/null 2>&1 || true

@@ -50,7 +50,7 @@ type env struct {
 
 func (e *env) startServer() error {
 	cmd := exec.Command(e.sb, "serve", "--listen", e.addr, "--state-dir", e.stateDir,
-		"--log-level", "error", "--max-unauth", "4096", "--max-unauth-per-source", "4096")
+		"--log-level", "error", "--mqtt", "off", "--max-unauth", "4096", "--max-unauth-per-source", "4096")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err

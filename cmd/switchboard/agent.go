@@ -2,15 +2,22 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/switchboard-dev/switchboard/internal/agent"
+	"github.com/switchboard-dev/switchboard/internal/mqttc"
+	"github.com/switchboard-dev/switchboard/internal/pki"
+	"github.com/switchboard-dev/switchboard/internal/wake"
 )
 
 // agentFlags are the command line's settings; each one given overrides the
@@ -20,6 +27,8 @@ type agentFlags struct {
 	logLevel   string
 	forwards   []string
 	cfg        agent.Config
+	onDemand   bool
+	mqtt       agent.MQTTConfig
 }
 
 // config merges the config file (if any) with the flags that were set, so
@@ -46,6 +55,22 @@ func (af *agentFlags) config(flags *pflag.FlagSet) (agent.Config, error) {
 	set("backoff-min", func() { c.BackoffMin = af.cfg.BackoffMin })
 	set("backoff-max", func() { c.BackoffMax = af.cfg.BackoffMax })
 	set("connect-timeout", func() { c.ConnectTimeout = af.cfg.ConnectTimeout })
+	if flags.Changed("on-demand") && !af.onDemand {
+		c.MQTT = nil
+	}
+	if af.onDemand || c.MQTT != nil {
+		if c.MQTT == nil {
+			c.MQTT = &agent.MQTTConfig{}
+		}
+		m := c.MQTT
+		set("mqtt", func() { m.URL = af.mqtt.URL })
+		set("mqtt-ca", func() { m.CA = af.mqtt.CA })
+		set("mqtt-cert", func() { m.Cert = af.mqtt.Cert })
+		set("mqtt-key", func() { m.Key = af.mqtt.Key })
+		set("mqtt-prefix", func() { m.Prefix = af.mqtt.Prefix })
+		set("idle-timeout", func() { m.OnDemand.IdleTimeout = af.mqtt.OnDemand.IdleTimeout })
+		set("max-session", func() { m.OnDemand.MaxSession = af.mqtt.OnDemand.MaxSession })
+	}
 	if flags.Changed("forward") {
 		c.Forwards = nil
 		for _, s := range af.forwards {
@@ -91,7 +116,18 @@ with jittered backoff. SIGHUP re-reads --config; SIGTERM stops and exits 0.`,
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
 			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx) }()
+			if cfg.MQTT != nil {
+				client, err := dialBroker(ctx, a, cfg, logger)
+				if err != nil {
+					return err
+				}
+				defer client.Close()
+				od := cfg.MQTT.OnDemand
+				od.Topics = wake.Topics{Prefix: cfg.MQTT.Prefix}
+				go func() { done <- a.RunOnDemand(ctx, client, od) }()
+			} else {
+				go func() { done <- a.Run(ctx) }()
+			}
 			for {
 				select {
 				case err := <-done:
@@ -120,6 +156,53 @@ with jittered backoff. SIGHUP re-reads --config; SIGTERM stops and exits 0.`,
 	f.DurationVar(&af.cfg.BackoffMin, "backoff-min", agent.DefaultBackoffMin, "first reconnect delay ceiling")
 	f.DurationVar(&af.cfg.BackoffMax, "backoff-max", agent.DefaultBackoffMax, "largest reconnect delay ceiling")
 	f.DurationVar(&af.cfg.ConnectTimeout, "connect-timeout", agent.DefaultConnectTimeout, "time allowed to connect and authenticate, and to reach a local target")
+	f.BoolVar(&af.onDemand, "on-demand", false, "wait for wake-ups over MQTT instead of holding an SSH connection")
+	f.StringVar(&af.mqtt.URL, "mqtt", "", "on demand: the broker, mqtts://HOST:PORT")
+	f.StringVar(&af.mqtt.CA, "mqtt-ca", "", "on demand: CA certificate file that signed the broker's certificate")
+	f.StringVar(&af.mqtt.Cert, "mqtt-cert", "", "on demand: this device's client certificate (CN = its name)")
+	f.StringVar(&af.mqtt.Key, "mqtt-key", "", "on demand: the client certificate's key")
+	f.StringVar(&af.mqtt.Prefix, "mqtt-prefix", wake.DefaultPrefix, "on demand: topic prefix")
+	f.DurationVar(&af.mqtt.OnDemand.IdleTimeout, "idle-timeout", agent.DefaultIdleTimeout, "on demand: hang up after this long with no circuit")
+	f.DurationVar(&af.mqtt.OnDemand.MaxSession, "max-session", agent.DefaultMaxSession, "on demand: hang up after this long whatever happens")
 	f.StringVar(&af.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// dialBroker connects an on-demand agent to its broker: client id = the
+// device's name (the certificate's CN), a will that says "offline", and its
+// state said again after every reconnection.
+func dialBroker(ctx context.Context, a *agent.Agent, cfg agent.Config, logger *slog.Logger) (*mqttc.Client, error) {
+	m := cfg.MQTT
+	u, err := url.Parse(m.URL)
+	if err != nil || u.Hostname() == "" {
+		return nil, usageError{fmt.Errorf("--mqtt %q: want mqtts://HOST:PORT", m.URL)}
+	}
+	tlsConf, err := pki.LoadClientTLS(m.CA, m.Cert, m.Key, u.Hostname())
+	if err != nil {
+		return nil, err
+	}
+	topics := wake.Topics{Prefix: m.Prefix}
+	// OnConnect may run before Dial returns; the first state is said by
+	// RunOnDemand, so until then there is nothing to repeat.
+	var dialled atomic.Pointer[mqttc.Client]
+	client, err := mqttc.Dial(ctx, mqttc.Options{
+		URL:      m.URL,
+		ClientID: cfg.Name,
+		TLS:      tlsConf,
+		Will:     &mqttc.Will{Topic: topics.State(cfg.Name), Payload: a.StatePayload(wake.Offline), Retain: true},
+		OnConnect: func(ctx context.Context) {
+			// A restarted broker may have lost retained messages.
+			if c := dialled.Load(); c != nil {
+				if err := a.PublishState(ctx, c, topics); err != nil {
+					logger.Warn("state not republished", "error", err.Error())
+				}
+			}
+		},
+		Logger: logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: %w", m.URL, err)
+	}
+	dialled.Store(client)
+	return client, nil
 }

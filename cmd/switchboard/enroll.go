@@ -72,6 +72,8 @@ removed line (from=, permitopen=, …) are not carried over; a warning names the
 	f.StringArrayVar(&o.Forwards, "forward", nil, "device: [VPORT:]HOST:PORT the agent exposes; repeatable (default "+enroll.DefaultForward+")")
 	f.StringVar(&o.DeviceDir, "device-dir", enroll.DefaultDevDir, "device: where DIR will be copied on the device (the paths in agent.yaml)")
 	f.StringVar(&domain, "domain", "", "operator: the server's --domain, for the printed ssh_config block")
+	f.BoolVar(&o.OnDemand, "on-demand", false, "device: wait for wake-ups over MQTT; issues its MQTT client certificate from the server's CA")
+	f.StringVar(&o.MQTTURL, "mqtt-url", "", "device, on demand: the broker it dials (default mqtts://SERVER-HOST:8883)")
 	return cmd
 }
 

@@ -66,6 +66,20 @@ type Config struct {
 	ConnectTimeout    time.Duration
 
 	Version string
+
+	// MQTT is set for an on-demand device: it waits for wake-ups instead of
+	// holding an SSH connection.
+	MQTT *MQTTConfig
+}
+
+// MQTTConfig is how an on-demand agent reaches the broker.
+type MQTTConfig struct {
+	URL      string // mqtts://HOST:PORT
+	CA       string // CA certificate file that signed the broker's certificate
+	Cert     string // the device's client certificate (CN = its name)
+	Key      string // its key
+	Prefix   string // topic prefix; empty: switchboard
+	OnDemand OnDemand
 }
 
 // Defaults for the zero values of Config.
@@ -120,6 +134,14 @@ func (c *Config) Validate() error {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
+	if m := c.MQTT; m != nil {
+		switch {
+		case m.URL == "":
+			return errors.New("on demand needs the broker (--mqtt mqtts://HOST:PORT)")
+		case m.CA == "" || m.Cert == "" || m.Key == "":
+			return errors.New("on demand needs --mqtt-ca, --mqtt-cert and --mqtt-key")
+		}
+	}
 	switch {
 	case c.KeepaliveInterval < 0 || c.KeepaliveCount < 0 || c.BackoffMin < 0 || c.ConnectTimeout < 0:
 		return errors.New("durations and counts must be positive")
@@ -149,6 +171,15 @@ type fileConfig struct {
 	BackoffMin        time.Duration `yaml:"backoff_min"`
 	BackoffMax        time.Duration `yaml:"backoff_max"`
 	ConnectTimeout    time.Duration `yaml:"connect_timeout"`
+
+	OnDemand    bool          `yaml:"on_demand"`
+	MQTT        string        `yaml:"mqtt"`
+	MQTTCA      string        `yaml:"mqtt_ca"`
+	MQTTCert    string        `yaml:"mqtt_cert"`
+	MQTTKey     string        `yaml:"mqtt_key"`
+	MQTTPrefix  string        `yaml:"mqtt_prefix"`
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	MaxSession  time.Duration `yaml:"max_session"`
 }
 
 // LoadConfigFile reads a YAML config file. Unknown keys are errors, so a
@@ -173,6 +204,10 @@ func ParseConfig(b []byte, name string) (Config, error) {
 		Server: fc.Server, Name: fc.Name, Identity: fc.Identity, KnownHosts: fc.KnownHosts,
 		KeepaliveInterval: fc.KeepaliveInterval, KeepaliveCount: fc.KeepaliveCount,
 		BackoffMin: fc.BackoffMin, BackoffMax: fc.BackoffMax, ConnectTimeout: fc.ConnectTimeout,
+	}
+	if fc.OnDemand {
+		c.MQTT = &MQTTConfig{URL: fc.MQTT, CA: fc.MQTTCA, Cert: fc.MQTTCert, Key: fc.MQTTKey, Prefix: fc.MQTTPrefix,
+			OnDemand: OnDemand{IdleTimeout: fc.IdleTimeout, MaxSession: fc.MaxSession}}
 	}
 	for _, s := range fc.Forwards {
 		f, err := ParseForward(s)

@@ -152,4 +152,3 @@ func (a *Agent) RunOnDemand(ctx context.Context, client wake.Client, od OnDemand
 		a.setState(ctx, client, od.Topics, wake.Asleep)
 	}
 }
-

@@ -9,14 +9,17 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/switchboard-dev/switchboard/internal/pki"
 	"github.com/switchboard-dev/switchboard/internal/policy"
 )
 
@@ -36,6 +39,9 @@ const (
 	PubFile        = "id_ed25519.pub"        // its public half
 	KnownHostsFile = "known_hosts"           // the server's host key for the server address
 	AgentFile      = "agent.yaml"            // devices only: the agent's configuration
+	MQTTCAFile     = "mqtt-ca.pem"           // on demand: the CA that signed the broker's certificate
+	MQTTCertFile   = "mqtt.crt"              // on demand: the device's client certificate (CN = NAME)
+	MQTTKeyFile    = "mqtt.key"              // on demand: its key
 	PublicAddrFile = "public-addr"           // in the state dir: written by serve --public-addr
 	HostKeyFile    = "ssh_host_ed25519_key"  // in the state dir: the server's host key
 	DefaultForward = "22:127.0.0.1:22"       // a device's forward when none is given
@@ -65,6 +71,11 @@ type Options struct {
 	Forwards []string
 	// DeviceDir is where Out will be copied on the device (absolute); empty: DefaultDevDir.
 	DeviceDir string
+	// OnDemand enrols a device that waits for wake-ups over MQTT: it gets a client
+	// certificate from the server's MQTT CA (created in the state dir if need be).
+	OnDemand bool
+	// MQTTURL is the broker the device dials; empty: mqtts://SERVER-HOST:8883.
+	MQTTURL string
 }
 
 // Validate fills in the defaults and checks the options; its errors are usage errors.
@@ -74,6 +85,9 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("NAME %q: %w", o.Name, err)
 	}
 	o.Name = name
+	if name == mqttServerIdentity {
+		return fmt.Errorf("NAME %q is reserved: it is the server's own MQTT identity", name)
+	}
 	switch o.Role {
 	case Device, Operator:
 	case "":
@@ -104,7 +118,13 @@ func (o *Options) Validate() error {
 		if len(o.Forwards) > 0 {
 			return errors.New("--forward is for devices, not operators")
 		}
+		if o.OnDemand || o.MQTTURL != "" {
+			return errors.New("--on-demand is for devices, not operators")
+		}
 		return nil
+	}
+	if o.MQTTURL != "" && !strings.HasPrefix(o.MQTTURL, "mqtts://") {
+		return fmt.Errorf("--mqtt-url %q: want mqtts://HOST:PORT", o.MQTTURL)
 	}
 	if len(o.Forwards) == 0 {
 		o.Forwards = []string{DefaultForward}
@@ -197,6 +217,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Role == Device {
 		files = append(files, AgentFile)
 	}
+	if o.OnDemand {
+		files = append(files, MQTTCAFile, MQTTCertFile, MQTTKeyFile)
+	}
 	if !o.Force {
 		for _, f := range files {
 			if _, err := os.Lstat(filepath.Join(dir, f)); err == nil {
@@ -227,6 +250,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		KeyFile:        pem.EncodeToMemory(block),
 		PubFile:        []byte(pubText + " " + comment + "\n"),
 		KnownHostsFile: []byte(KnownHostsLine(server, hostKey) + "\n"),
+	}
+	if o.OnDemand {
+		if o.MQTTURL == "" {
+			host, _, _ := net.SplitHostPort(server)
+			o.MQTTURL = "mqtts://" + net.JoinHostPort(host, "8883")
+		}
+		ca, _, err := pki.LoadOrCreateCA(o.StateDir)
+		if err != nil {
+			return nil, fmt.Errorf("enroll: %w", err)
+		}
+		certPEM, keyPEM, err := ca.Issue(o.Name, pki.ClientCert, nil, mqttCertValidity)
+		if err != nil {
+			return nil, fmt.Errorf("enroll: %w", err)
+		}
+		contents[MQTTCAFile], contents[MQTTCertFile], contents[MQTTKeyFile] = ca.CertPEM(), certPEM, keyPEM
 	}
 	if o.Role == Device {
 		res.DeviceDir = o.DeviceDir
@@ -298,5 +336,21 @@ func agentConfig(o Options, server string) []byte {
 	for _, f := range o.Forwards {
 		fmt.Fprintf(&b, "  - %s\n", yamlQuote(f))
 	}
+	if o.OnDemand {
+		b.WriteString("# On demand: wait for wake-ups over MQTT instead of holding the SSH connection.\n")
+		b.WriteString("on_demand: true\n")
+		fmt.Fprintf(&b, "mqtt: %s\n", yamlQuote(o.MQTTURL))
+		fmt.Fprintf(&b, "mqtt_ca: %s\n", yamlQuote(path.Join(o.DeviceDir, MQTTCAFile)))
+		fmt.Fprintf(&b, "mqtt_cert: %s\n", yamlQuote(path.Join(o.DeviceDir, MQTTCertFile)))
+		fmt.Fprintf(&b, "mqtt_key: %s\n", yamlQuote(path.Join(o.DeviceDir, MQTTKeyFile)))
+	}
 	return []byte(b.String())
 }
+
+// mqttServerIdentity is the MQTT identity of the server itself, which the
+// broker grants every topic: no device may have it.
+const mqttServerIdentity = "switchboard-server"
+
+// mqttCertValidity is how long a device's MQTT certificate lasts; re-enrol
+// (--force) to renew it.
+const mqttCertValidity = 10 * 365 * 24 * time.Hour

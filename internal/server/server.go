@@ -42,6 +42,7 @@ type Options struct {
 	MaxCircuits        int
 	MaxCircuitsPerKey  int
 	Ciphers            []string
+	MQTT               MQTTOptions
 	// ShutdownGrace is how long open circuits may run on after SIGTERM.
 	ShutdownGrace time.Duration
 
@@ -92,6 +93,9 @@ func (o *Options) Validate() error {
 	case o.MaxUnauthPerSource < 0 || o.MaxUnauth < 0 || o.MaxCircuits < 0 || o.MaxCircuitsPerKey < 0:
 		return errors.New("limits must not be negative")
 	}
+	if err := o.MQTT.validate(); err != nil {
+		return err
+	}
 	for _, c := range o.Ciphers {
 		if !slices.Contains(supportedCiphers, c) {
 			return fmt.Errorf("--ciphers: %q is not one of %s", c, strings.Join(supportedCiphers, ", "))
@@ -131,6 +135,22 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		os.Rename(seenPath, aside)
 	} else {
 		b.Remember(seen)
+	}
+	if mode := o.MQTT.Mode; mode != "off" {
+		public := publicAddress(o)
+		if o.PublicAddr == "" {
+			logger.Warn("wake-ups will tell devices to dial "+public+"; set --public-addr to the address they reach", "public_addr", public)
+		}
+		od, err := startOnDemand(ctx, o, public, logger)
+		if err != nil {
+			return err
+		}
+		defer od.close()
+		timeout := o.MQTT.WakeTimeout
+		if timeout == 0 {
+			timeout = DefaultWakeTimeout
+		}
+		b.SetWaker(od.waker, timeout)
 	}
 	srv, err := sshd.New(sshd.Config{
 		HostKeys:           keys,
