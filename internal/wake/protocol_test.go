@@ -91,4 +91,3 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
-
