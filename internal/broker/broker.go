@@ -41,6 +41,10 @@ type Options struct {
 	// Logger receives refusals and denials (component "broker"); nil
 	// means slog.Default().
 	Logger *slog.Logger
+	// Admit, if set, is asked at every connection whether a device (any
+	// identity but the server's) may connect now, so that removing its
+	// key revokes its MQTT access too, not only its certificate's expiry.
+	Admit func(identity string) error
 }
 
 // Broker is a running MQTT broker. Close stops it.
@@ -80,7 +84,7 @@ func Start(opts Options) (*Broker, error) {
 		// Nobody may read $SYS (see acl): publish it rarely.
 		SysTopicResendInterval: 3600,
 	})
-	h := &hook{acl: acl{topics: wake.Topics{Prefix: opts.Prefix}, server: opts.ServerIdentity}, srv: srv, log: log}
+	h := &hook{acl: acl{topics: wake.Topics{Prefix: opts.Prefix}, server: opts.ServerIdentity}, srv: srv, log: log, admit: opts.Admit}
 	if err := srv.AddHook(h, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

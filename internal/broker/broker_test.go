@@ -41,7 +41,9 @@ type env struct {
 	dir  string // certificate files for the CLI clients
 }
 
-func start(t *testing.T) *env {
+func start(t *testing.T) *env { t.Helper(); return startWith(t, nil) }
+
+func startWith(t *testing.T, tweak func(*Options)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, _, err := pki.LoadOrCreateCA(filepath.Join(dir, "state"))
@@ -53,7 +55,11 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	b, err := Start(Options{Listen: "127.0.0.1:0", TLS: cfg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	opts := Options{Listen: "127.0.0.1:0", TLS: cfg, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	b, err := Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,6 +270,27 @@ func TestConnectionsAreRefused(t *testing.T) {
 
 	if logs := e.logs.String(); !strings.Contains(logs, `reason="client id is not the certificate's name"`) || !strings.Contains(logs, "tls handshake failed") {
 		t.Errorf("refusals not logged:\n%s", logs)
+	}
+}
+
+// TestAdmitRevokes: a device whose name the server no longer admits (its
+// key was removed) is refused although its certificate is still valid.
+func TestAdmitRevokes(t *testing.T) {
+	e := startWith(t, func(o *Options) {
+		o.Admit = func(id string) error {
+			if id == "revoked" {
+				return errors.New("not enrolled")
+			}
+			return nil
+		}
+	})
+	e.dial("dev1")
+	e.dial(DefaultServerIdentity) // the server is never asked about
+	if err := dialErr(e.options("revoked")); refusal(err) != 0x87 {
+		t.Fatalf("revoked device: %v, want not authorized", err)
+	}
+	if !strings.Contains(e.logs.String(), "not enrolled") {
+		t.Errorf("refusal not logged:\n%s", e.logs)
 	}
 }
 

@@ -19,9 +19,18 @@ const maxKeepalive = 1200
 // applies the acl. mochi denies everything a hook does not allow.
 type hook struct {
 	mqtt.HookBase
-	acl acl
-	srv *mqtt.Server
-	log *slog.Logger
+	acl   acl
+	srv   *mqtt.Server
+	log   *slog.Logger
+	admit func(identity string) error // nil: every known identity
+}
+
+// admitted asks Options.Admit about a device; the server is always let in.
+func (h *hook) admitted(id string) error {
+	if h.admit == nil || id == h.acl.server {
+		return nil
+	}
+	return h.admit(id)
 }
 
 func (h *hook) ID() string { return "switchboard-acl" }
@@ -60,6 +69,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return h.refuse(cl, packets.ErrClientIdentifierNotValid, id, "client id is not the certificate's name")
 	case !h.acl.known(id):
 		return h.refuse(cl, packets.ErrNotAuthorized, id, "certificate name is neither the server nor a valid device name")
+	}
+	if err := h.admitted(id); err != nil {
+		return h.refuse(cl, packets.ErrNotAuthorized, id, err.Error())
+	}
+	switch {
 	case pk.Connect.WillFlag && !h.acl.allow(id, pk.Connect.WillTopic, true):
 		h.log.Warn("denied", "identity", id, "op", "will", "topic", pk.Connect.WillTopic)
 		return h.refuse(cl, packets.ErrNotAuthorized, id, "will topic not allowed")
@@ -85,7 +99,7 @@ func (h *hook) refuse(cl *mqtt.Client, code packets.Code, id, why string) error 
 // every hook that provides it, and one must say yes.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	id, err := identity(cl)
-	return err == nil && id == cl.ID && h.acl.known(id)
+	return err == nil && id == cl.ID && h.acl.known(id) && h.admitted(id) == nil
 }
 
 // OnPacketEncode tells MQTT 5 clients the largest packet the broker takes

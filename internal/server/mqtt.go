@@ -15,6 +15,7 @@ import (
 	"github.com/switchboard-dev/switchboard/internal/broker"
 	"github.com/switchboard-dev/switchboard/internal/mqttc"
 	"github.com/switchboard-dev/switchboard/internal/pki"
+	"github.com/switchboard-dev/switchboard/internal/policy"
 	"github.com/switchboard-dev/switchboard/internal/wake"
 	"github.com/switchboard-dev/switchboard/internal/waker"
 )
@@ -84,7 +85,7 @@ func (d *onDemand) close() {
 
 // startOnDemand starts the embedded broker (or reaches the external one) and
 // the server's own MQTT client, and returns the waker for the board.
-func startOnDemand(ctx context.Context, o Options, publicAddr string, logger *slog.Logger) (*onDemand, error) {
+func startOnDemand(ctx context.Context, o Options, publicAddr string, current func() *policy.Policy, logger *slog.Logger) (*onDemand, error) {
 	m := o.MQTT
 	d := &onDemand{}
 	switch m.Mode {
@@ -108,6 +109,7 @@ func startOnDemand(ctx context.Context, o Options, publicAddr string, logger *sl
 		d.broker, err = broker.Start(broker.Options{
 			Listen: m.Listen, TLS: serverTLS, Prefix: m.Prefix, ServerIdentity: ServerIdentity,
 			Logger: logger,
+			Admit:  func(name string) error { return enrolled(current(), name) },
 		})
 		if err != nil {
 			return nil, fmt.Errorf("server: mqtt broker: %w", err)
@@ -173,4 +175,14 @@ func publicAddress(o Options) string {
 		host, _ = os.Hostname()
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// enrolled says whether authorized_keys still names a device: a line whose
+// hostname= or alias= is name, with access="listen". Certificates outlive
+// keys; this is what revokes a removed device's MQTT access.
+func enrolled(p *policy.Policy, name string) error {
+	if e := p.Owner(name); e != nil && e.Roles&policy.Listen != 0 {
+		return nil
+	}
+	return fmt.Errorf("no authorized_keys line names %q with access=\"listen\"", name)
 }

@@ -141,7 +141,7 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		if o.PublicAddr == "" {
 			logger.Warn("wake-ups will tell devices to dial "+public+"; set --public-addr to the address they reach", "public_addr", public)
 		}
-		od, err := startOnDemand(ctx, o, public, logger)
+		od, err := startOnDemand(ctx, o, public, store.Policy, logger)
 		if err != nil {
 			return err
 		}

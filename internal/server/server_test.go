@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/switchboard-dev/switchboard/internal/board"
+	"github.com/switchboard-dev/switchboard/internal/policy"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -68,5 +69,20 @@ func TestCiphersValidated(t *testing.T) {
 	o.Ciphers = []string{"3des-cbc"}
 	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "3des-cbc") {
 		t.Fatalf("3des-cbc accepted: %v", err)
+	}
+}
+
+func TestEnrolledDevicesOnly(t *testing.T) {
+	p, errs := policy.Parse([]byte(
+		`access="listen",hostname="dev42",alias="cam" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnS3Dq4ZiVN2xO0V0lgrELVBrhDNNS7Vq7l8Q6bKaHN dev42
+access="initiate",hostname="opname" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2CyNDg9ENdHexmWwa0vvFqqtwSmBGJ9Jn5BTeVBUTL op
+`))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	for name, ok := range map[string]bool{"dev42": true, "cam": true, "opname": false, "dev43": false} {
+		if err := enrolled(p, name); (err == nil) != ok {
+			t.Errorf("enrolled(%q) = %v, want ok=%v", name, err, ok)
+		}
 	}
 }
