@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os/signal"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -117,9 +119,12 @@ with jittered backoff. SIGHUP re-reads --config; SIGTERM stops and exits 0.`,
 			defer signal.Stop(hup)
 			done := make(chan error, 1)
 			if cfg.MQTT != nil {
-				client, err := dialBroker(ctx, a, cfg, logger)
+				client, err := dialBrokerForever(ctx, a, cfg, logger)
 				if err != nil {
 					return err
+				}
+				if client == nil {
+					return nil // stopped while waiting
 				}
 				defer client.Close()
 				od := cfg.MQTT.OnDemand
@@ -166,6 +171,33 @@ with jittered backoff. SIGHUP re-reads --config; SIGTERM stops and exits 0.`,
 	f.DurationVar(&af.mqtt.OnDemand.MaxSession, "max-session", agent.DefaultMaxSession, "on demand: hang up after this long whatever happens")
 	f.StringVar(&af.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// dialBrokerForever dials until it succeeds or ctx ends (then it returns
+// nil, nil). A refusal (not enrolled yet, a certificate the broker does not
+// trust) is logged and retried with backoff like any failure: it may be
+// fixed on the server while the device waits.
+func dialBrokerForever(ctx context.Context, a *agent.Agent, cfg agent.Config, logger *slog.Logger) (*mqttc.Client, error) {
+	bo := agent.Backoff{Min: cfg.BackoffMin, Max: cfg.BackoffMax}
+	for attempt := 1; ; attempt++ {
+		client, err := dialBroker(ctx, a, cfg, logger)
+		var ue usageError
+		switch {
+		case err == nil:
+			return client, nil
+		case errors.As(err, &ue):
+			return nil, err
+		case ctx.Err() != nil:
+			return nil, nil
+		}
+		wait := bo.Next()
+		logger.Warn("waiting", "reason", err.Error(), "backoff", wait.Round(time.Millisecond).String(), "attempt", attempt)
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(wait):
+		}
+	}
 }
 
 // dialBroker connects an on-demand agent to its broker: client id = the

@@ -89,7 +89,7 @@ func (a *Agent) RunOnDemand(ctx context.Context, client wake.Client, od OnDemand
 	cancel, err := client.Subscribe(ctx, od.Topics.Wake(cfg.Name), func(payload []byte, _ bool) {
 		m, err := wake.ParseMessage(payload)
 		if err != nil {
-			a.log.Warn("wake ignored", "reason", err.Error())
+			a.log.Warn("wake ignored", "id", m.ID, "reason", "malformed wake-up: "+err.Error())
 			return
 		}
 		select {
@@ -150,5 +150,6 @@ func (a *Agent) RunOnDemand(ctx context.Context, client wake.Client, od OnDemand
 			a.log.Warn("session ended", "reason", err.Error(), "up", up.Round(time.Second).String())
 		}
 		a.setState(ctx, client, od.Topics, wake.Asleep)
+		a.log.Info("asleep", "topic", od.Topics.Wake(cfg.Name))
 	}
 }

@@ -320,7 +320,7 @@ func writeOut(dir string, names []string, contents map[string][]byte, replace bo
 	for _, n := range names {
 		p := filepath.Join(dir, n)
 		mode := fs.FileMode(0o644)
-		if n == KeyFile {
+		if n == KeyFile || n == MQTTKeyFile { // private keys
 			mode = 0o600
 		}
 		_, statErr := os.Lstat(p)

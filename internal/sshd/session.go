@@ -186,6 +186,10 @@ func lsArgs(args []string) (asJSON bool, pattern string, err error) {
 // turn into a query of the whole fleet.
 const maxStateQueries = 200
 
+// concurrentStateQueries bounds the subscriptions one listing holds open at
+// once.
+const concurrentStateQueries = 32
+
 func (c *conn) listing(e *policy.Entry, pattern string) []deviceRow {
 	devs := c.srv.cfg.Board.Devices()
 	known := map[string]bool{}
@@ -223,16 +227,19 @@ func (c *conn) addWakeStates(rows []deviceRow) {
 	if ok, _ := c.srv.cfg.Board.CanWake(); !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
+	// Brokers limit subscriptions per connection (AWS IoT Core: 50).
+	slots := make(chan struct{}, concurrentStateQueries)
 	for i := range rows[:min(len(rows), maxStateQueries)] {
 		if rows[i].State == "connected" {
 			continue
 		}
 		wg.Add(1)
+		slots <- struct{}{}
 		go func() {
-			defer wg.Done()
+			defer func() { <-slots; wg.Done() }()
 			if ws, ok, err := c.srv.cfg.Board.WakeState(ctx, rows[i].Name); err == nil && ok {
 				rows[i].State = ws.State
 				rows[i].Since = ws.Since.UTC().Format(time.RFC3339)
