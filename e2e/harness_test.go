@@ -255,7 +255,13 @@ func (p *proc) waitExit(t testing.TB, timeout time.Duration) int {
 	case <-p.done:
 		return p.exitCode()
 	case <-time.After(timeout):
-		t.Fatalf("%s did not exit within %v; stderr:\n%s", p.name, timeout, tail(p.stderr.String(), 30))
+		// A Go program prints every goroutine on SIGQUIT: show where it is stuck.
+		p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
+		t.Fatalf("%s did not exit within %v; stderr:\n%s", p.name, timeout, tail(p.stderr.String(), 300))
 		return 0
 	}
 }
@@ -610,7 +616,8 @@ func (s *server) stop(t testing.TB) int {
 	if err := s.proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM to switchboard: %v (it exited first: %v)", err, s.proc.err)
 	}
-	return s.proc.waitExit(t, 15*time.Second)
+	// The server bounds its own shutdown at --shutdown-grace (5s) + 10s.
+	return s.proc.waitExit(t, 20*time.Second)
 }
 
 // pinHost appends a known_hosts line for host pattern(s) with pub.

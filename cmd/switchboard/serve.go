@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -13,6 +14,10 @@ import (
 	"github.com/switchboard-dev/switchboard/internal/server"
 	"github.com/switchboard-dev/switchboard/internal/sshd"
 )
+
+// shutdownSlack is how long shutdown may take beyond --shutdown-grace (for
+// closing connections, the broker and the state files).
+const shutdownSlack = 10 * time.Second
 
 func serveCommand(stderr io.Writer) *cobra.Command {
 	o := server.Options{Version: version}
@@ -47,6 +52,15 @@ func serveCommand(stderr io.Writer) *cobra.Command {
 						}
 					}
 				}
+			}()
+			// If shutdown overruns its bound, say where it is stuck and go:
+			// a supervisor waiting on us is worse off than lost state.
+			go func() {
+				<-ctx.Done()
+				time.Sleep(o.ShutdownGrace + shutdownSlack)
+				logger.Error("shutdown is taking too long; goroutines follow, exiting", "after", (o.ShutdownGrace + shutdownSlack).String())
+				pprof.Lookup("goroutine").WriteTo(stderr, 1)
+				os.Exit(1)
 			}()
 			return server.Run(ctx, o, logger, reload)
 		},

@@ -85,9 +85,10 @@ func (s *Server) logAuth(meta ssh.ConnMetadata, key ssh.PublicKey, entry *policy
 type conn struct {
 	srv *Server
 	sc  *ssh.ServerConn
-	// ctx ends with the connection: work done for it (a device open for
-	// this operator's circuit) stops waiting then.
+	// ctx ends with the connection: work done for it (a device open or a
+	// wake-up for this operator's circuit) stops waiting then.
 	ctx    context.Context
+	end    context.CancelFunc
 	key    ssh.PublicKey
 	fp     string // the key's fingerprint
 	remote netip.AddrPort
@@ -158,6 +159,7 @@ func (s *Server) handle(nc net.Conn) {
 	defer cancel()
 	c := &conn{
 		srv:    s,
+		end:    cancel,
 		sc:     sc,
 		ctx:    ctx,
 		key:    key,
@@ -230,6 +232,9 @@ func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 		c.srv.cfg.Board.Detach(dev)
 		c.devLog.Info("device disconnected", "device", dev.Name(), "reason", why)
 	}
+	// Before waiting for the channels: a circuit still waiting for a device
+	// or a wake-up on behalf of this connection must give up now.
+	c.end()
 	wg.Wait()
 }
 

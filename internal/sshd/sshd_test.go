@@ -504,3 +504,42 @@ func TestWedgedDeviceIsHungUp(t *testing.T) {
 		return !info.Connected
 	}, "the wedged device is still registered")
 }
+
+// neverWaker wakes every name successfully, but no device ever comes.
+type neverWaker struct{ woken chan struct{} }
+
+func (w neverWaker) Wake(context.Context, string) error { close(w.woken); return nil }
+func (neverWaker) State(context.Context, string) (board.WakeState, bool, error) {
+	return board.WakeState{}, false, nil
+}
+
+// TestWaitingCircuitEndsWithItsConnection: an operator whose circuit waits
+// for a woken device hangs up; the wait ends at once, so shutdown is quick.
+func TestWaitingCircuitEndsWithItsConnection(t *testing.T) {
+	opKey := newSigner(t)
+	b := board.New(nil)
+	w := neverWaker{woken: make(chan struct{})}
+	b.SetWaker(w, time.Hour)
+	ts := startServer(t, []string{authLine(`access="initiate"`, opKey)}, func(c *Config) { c.Board = b })
+	op := ts.dial(t, "op", opKey)
+	opened := make(chan error, 1)
+	go func() {
+		_, err := op.Dial("tcp", "sleeper:22")
+		opened <- err
+	}()
+	<-w.woken // the circuit is now waiting for the device
+	op.Close()
+	<-opened
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown still waiting after 5s: the abandoned circuit kept waiting for its device")
+	}
+}
