@@ -15,6 +15,7 @@ command -v ip      >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v shellcheck >/dev/null || need+=(shellcheck)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
