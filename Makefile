@@ -42,8 +42,9 @@ fuzz:
 	@for f in $$($(GO) test ./internal/policy/ -list 'Fuzz.*' | grep ^Fuzz); do \
 	  $(GO) test ./internal/policy/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 
+# make demo ARGS=--interactive leaves the lab up.
 demo: build
-	./scripts/demo.sh
+	./scripts/demo.sh $(ARGS)
 
 bench: build test-deps
 	$(GO) run ./bench -switchboard bin/switchboard

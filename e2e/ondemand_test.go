@@ -905,3 +905,15 @@ func TestOnDemandRestarts(t *testing.T) {
 		a2.waitLogFrom(t, 0, logMsg("woken", "id", w.str("id")), logTimeout)
 	})
 }
+
+// TestServerWithBrokerHostsAndAddress: the server's own MQTT client must
+// reach its embedded broker whatever names the certificate is given and
+// wherever the broker listens (it once always dialled "localhost").
+func TestServerWithBrokerHostsAndAddress(t *testing.T) {
+	t.Parallel()
+	need(t, "ssh", "ssh-keygen")
+	srv := startServer(t, serverOpts{args: []string{
+		"--mqtt-listen", "127.0.0.1:0", "--mqtt-hosts", "pivot.example.test,192.0.2.1",
+	}})
+	srv.waitLog(t, logMsg("connected", "client_id", "switchboard-server"), logTimeout)
+}

@@ -71,7 +71,7 @@ func serveCommand(stderr io.Writer) *cobra.Command {
 	f.StringVar(&o.AuthorizedKeys, "authorized-keys", "", "OpenSSH authorized_keys file (default STATE-DIR/authorized_keys)")
 	f.StringArrayVar(&o.HostKeys, "host-key", nil, "host private key file; repeatable (default STATE-DIR/ssh_host_ed25519_key, created if missing)")
 	f.StringVar(&o.Domain, "domain", "", "domain suffix operators may append to device names")
-	f.StringVar(&o.PublicAddr, "public-addr", "", "HOST:PORT devices dial; recorded in STATE-DIR/public-addr for `switchboard enroll`")
+	f.StringVar(&o.PublicAddr, "public-addr", "", "HOST:PORT devices dial; recorded in STATE-DIR/public-addr for switchboard enroll")
 	f.DurationVar(&o.KeepaliveInterval, "keepalive-interval", sshd.DefaultKeepaliveInterval, "how often to check that a client is alive")
 	f.IntVar(&o.KeepaliveCount, "keepalive-count", sshd.DefaultKeepaliveCountMax, "unanswered keepalive intervals before a client is dropped")
 	f.DurationVar(&o.HandshakeTimeout, "handshake-timeout", sshd.DefaultHandshakeTimeout, "time allowed to complete the SSH handshake and authentication")

@@ -67,7 +67,13 @@ func (a *Agent) setState(ctx context.Context, client wake.Client, topics wake.To
 	a.od.mu.Lock()
 	a.od.state, a.od.since = state, time.Now().UTC().Truncate(time.Second)
 	a.od.mu.Unlock()
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	// Said even as the agent stops, but briefly then: a broker out of reach
+	// must not hold up SIGTERM (the will message covers that case).
+	timeout := 10 * time.Second
+	if ctx.Err() != nil {
+		timeout = 2 * time.Second
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	if err := a.PublishState(pctx, client, topics); err != nil {
 		a.log.Warn("state not published", "state", state, "error", err.Error())

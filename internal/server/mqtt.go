@@ -97,10 +97,18 @@ func startOnDemand(ctx context.Context, o Options, publicAddr string, current fu
 		if created {
 			logger.Info("mqtt CA created", "path", o.StateDir)
 		}
+		// The certificate names what devices dial, plus loopback, which the
+		// server's own client uses when the broker listens on every address.
 		hosts := m.Hosts
 		if len(hosts) == 0 {
 			host, _, _ := net.SplitHostPort(publicAddr)
-			hosts = []string{host, "localhost", "127.0.0.1"}
+			hosts = []string{host}
+		}
+		hosts = append(hosts, "localhost", "127.0.0.1")
+		if h, _, err := net.SplitHostPort(m.Listen); err == nil && h != "" {
+			if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
+				hosts = append(hosts, h)
+			}
 		}
 		serverTLS, err := ca.ServerTLS(hosts)
 		if err != nil {
@@ -120,14 +128,18 @@ func startOnDemand(ctx context.Context, o Options, publicAddr string, current fu
 			d.close()
 			return nil, err
 		}
-		tc, err := pki.ClientTLS(ca.CertPEM(), certPEM, keyPEM, "localhost")
+		// The server dials its own broker where it listens: on loopback if
+		// it listens on every address.
+		host, port, _ := net.SplitHostPort(d.broker.Addr().String())
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		tc, err := pki.ClientTLS(ca.CertPEM(), certPEM, keyPEM, host)
 		if err != nil {
 			d.close()
 			return nil, err
 		}
-		// The server talks to its own broker over loopback.
-		_, port, _ := net.SplitHostPort(d.broker.Addr().String())
-		if err := d.dial(ctx, "mqtts://localhost:"+port, tc, logger); err != nil {
+		if err := d.dial(ctx, "mqtts://"+net.JoinHostPort(host, port), tc, logger); err != nil {
 			d.close()
 			return nil, err
 		}
