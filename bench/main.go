@@ -12,16 +12,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/switchboard-dev/switchboard/bench/internal/benchlab"
 )
 
 func main() {
@@ -36,72 +35,8 @@ func main() {
 	}
 }
 
-type lab struct {
-	dir   string
-	procs []*exec.Cmd
-}
-
-func (l *lab) path(p ...string) string { return filepath.Join(append([]string{l.dir}, p...)...) }
-
-func (l *lab) start(name string, args ...string) (*exec.Cmd, error) {
-	cmd := exec.Command(name, args...)
-	log, err := os.Create(l.path(filepath.Base(name) + "-" + strconv.Itoa(len(l.procs)) + ".log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	l.procs = append(l.procs, cmd)
-	return cmd, nil
-}
-
-func (l *lab) close() {
-	for _, p := range l.procs {
-		syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
-		p.Wait()
-	}
-	os.RemoveAll(l.dir)
-}
-
-func sh(name string, args ...string) error {
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitPort(port int) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("nothing listens on port %d", port)
-}
-
-func read(path string) string {
-	b, _ := os.ReadFile(path)
-	return strings.TrimSpace(string(b))
-}
-
-func sshdConfig(l *lab, name string, port int, extra string) (string, error) {
-	if err := sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", l.path(name+"_host")); err != nil {
+func sshdConfig(l *benchlab.Lab, name string, port int, extra string) (string, error) {
+	if err := benchlab.Sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", l.Path(name+"_host")); err != nil {
 		return "", err
 	}
 	cfg := fmt.Sprintf(`Port %d
@@ -115,72 +50,71 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 Subsystem sftp internal-sftp
-%s`, port, l.path(name+"_host"), l.path(name+"_authorized_keys"), extra)
-	path := l.path(name + "_config")
+%s`, port, l.Path(name+"_host"), l.Path(name+"_authorized_keys"), extra)
+	path := l.Path(name + "_config")
 	return path, os.WriteFile(path, []byte(cfg), 0o600)
 }
 
 func run(sb string, runs, connects int, size int64) error {
 	sb, _ = filepath.Abs(sb)
-	dir, err := os.MkdirTemp("", "switchboard-bench")
+	l, err := benchlab.New("switchboard-bench")
 	if err != nil {
 		return err
 	}
-	l := &lab{dir: dir}
-	defer l.close()
+	defer l.Close()
 	os.MkdirAll("/run/sshd", 0o755)
 
 	for _, k := range []string{"device", "operator"} {
-		if err := sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", k, "-f", l.path(k)); err != nil {
+		if err := benchlab.Sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", k, "-f", l.Path(k)); err != nil {
 			return err
 		}
 	}
-	devPub, opPub := read(l.path("device.pub")), read(l.path("operator.pub"))
+	devPub, opPub := benchlab.Read(l.Path("device.pub")), benchlab.Read(l.Path("operator.pub"))
 	ports := map[string]int{}
 	for _, n := range []string{"target", "relay", "switchboard", "relayfwd"} {
-		if ports[n], err = freePort(); err != nil {
+		if ports[n], err = benchlab.FreePort(); err != nil {
 			return err
 		}
 	}
 
 	// The device's target sshd, reached the same way through both relays.
-	os.WriteFile(l.path("target_authorized_keys"), []byte(opPub+"\n"), 0o600)
+	os.WriteFile(l.Path("target_authorized_keys"), []byte(opPub+"\n"), 0o600)
 	cfg, err := sshdConfig(l, "target", ports["target"], "")
 	if err != nil {
 		return err
 	}
-	if _, err := l.start("/usr/sbin/sshd", "-D", "-e", "-f", cfg); err != nil {
+	if _, err := l.Start(nil, "/usr/sbin/sshd", "-D", "-e", "-f", cfg); err != nil {
 		return err
 	}
 	// The OpenSSH relay: a stock sshd allowing forwarding, both keys as root.
-	os.WriteFile(l.path("relay_authorized_keys"), []byte(devPub+"\n"+opPub+"\n"), 0o600)
+	os.WriteFile(l.Path("relay_authorized_keys"), []byte(devPub+"\n"+opPub+"\n"), 0o600)
 	cfg, err = sshdConfig(l, "relay", ports["relay"], "AllowTcpForwarding yes\nGatewayPorts no\n")
 	if err != nil {
 		return err
 	}
-	if _, err := l.start("/usr/sbin/sshd", "-D", "-e", "-f", cfg); err != nil {
+	if _, err := l.Start(nil, "/usr/sbin/sshd", "-D", "-e", "-f", cfg); err != nil {
 		return err
 	}
 	// switchboard.
-	os.MkdirAll(l.path("state"), 0o700)
-	os.WriteFile(l.path("state", "authorized_keys"), []byte(
+	os.MkdirAll(l.Path("state"), 0o700)
+	os.WriteFile(l.Path("state", "authorized_keys"), []byte(
 		`access="listen",hostname="dev42" `+devPub+"\n"+`access="initiate" `+opPub+"\n"), 0o600)
-	if _, err := l.start(sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", ports["switchboard"]),
-		"--state-dir", l.path("state"), "--log-level", "warn", "--mqtt", "off"); err != nil {
+	if _, err := l.Start(nil, sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", ports["switchboard"]),
+		"--state-dir", l.Path("state"), "--log-level", "warn", "--mqtt", "off"); err != nil {
 		return err
 	}
 	for _, n := range []string{"target", "relay", "switchboard"} {
-		if err := waitPort(ports[n]); err != nil {
+		if err := benchlab.WaitPort(ports[n]); err != nil {
 			return fmt.Errorf("%s: %w", n, err)
 		}
 	}
 
 	// Known hosts: both relays, and the target under the names each path uses.
 	known := fmt.Sprintf("[127.0.0.1]:%d %s\n[127.0.0.1]:%d %s\ndev42 %s\n",
-		ports["relay"], read(l.path("relay_host.pub")),
-		ports["switchboard"], read(l.path("state", "ssh_host_ed25519_key.pub")),
-		read(l.path("target_host.pub")))
-	os.WriteFile(l.path("known_hosts"), []byte(known), 0o600)
+		ports["relay"], benchlab.Read(l.Path("relay_host.pub")),
+		ports["switchboard"], benchlab.Read(l.Path("state", "ssh_host_ed25519_key.pub")),
+		benchlab.Read(l.Path("target_host.pub")))
+	os.WriteFile(l.Path("known_hosts"), []byte(known), 0o600)
 	sshConfig := fmt.Sprintf(`Host sb
   HostName 127.0.0.1
   Port %d
@@ -200,8 +134,8 @@ Host *
   StrictHostKeyChecking yes
   BatchMode yes
   ControlMaster no
-`, ports["switchboard"], ports["relay"], ports["relayfwd"], l.path("operator"), l.path("known_hosts"))
-	os.WriteFile(l.path("ssh_config"), []byte(sshConfig), 0o600)
+`, ports["switchboard"], ports["relay"], ports["relayfwd"], l.Path("operator"), l.Path("known_hosts"))
+	os.WriteFile(l.Path("ssh_config"), []byte(sshConfig), 0o600)
 
 	paths := []struct{ name, jump, host string }{
 		{"switchboard", "sb", "dev42"},
@@ -241,8 +175,7 @@ Host *
 		}
 		row(fmt.Sprintf("%s up via ssh -J, MiB/s (%s)", human(size), short(cipher)), res, "MiB/s", true)
 		for _, p := range links {
-			syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
-			p.Wait()
+			benchlab.Stop(p)
 		}
 	}
 	return nil
@@ -250,14 +183,14 @@ Host *
 
 // dialDevice starts the device's two uplinks, both stock `ssh -R` with the
 // cipher under test, and waits until each relay routes to the target.
-func dialDevice(l *lab, ports map[string]int, cipher string) ([]*exec.Cmd, error) {
-	args := []string{"-F", l.path("ssh_config"), "-i", l.path("device"), "-N",
+func dialDevice(l *benchlab.Lab, ports map[string]int, cipher string) ([]*exec.Cmd, error) {
+	args := []string{"-F", l.Path("ssh_config"), "-i", l.Path("device"), "-N",
 		"-o", "ExitOnForwardFailure=yes", "-o", "Ciphers=" + cipher}
-	sbLink, err := l.start("ssh", append(args, "-R", fmt.Sprintf("22:localhost:%d", ports["target"]), "dev42@sb")...)
+	sbLink, err := l.Start(nil, "ssh", append(args, "-R", fmt.Sprintf("22:localhost:%d", ports["target"]), "dev42@sb")...)
 	if err != nil {
 		return nil, err
 	}
-	relayLink, err := l.start("ssh", append(args, "-R",
+	relayLink, err := l.Start(nil, "ssh", append(args, "-R",
 		fmt.Sprintf("127.0.0.1:%d:localhost:%d", ports["relayfwd"], ports["target"]), "relay")...)
 	if err != nil {
 		return nil, err
@@ -271,7 +204,7 @@ func dialDevice(l *lab, ports map[string]int, cipher string) ([]*exec.Cmd, error
 			if host == "dev42" {
 				jump = []string{"-J", "sb"}
 			}
-			if exec.Command("ssh", append(append([]string{"-F", l.path("ssh_config")}, jump...), host, "true")...).Run() == nil {
+			if exec.Command("ssh", append(append([]string{"-F", l.Path("ssh_config")}, jump...), host, "true")...).Run() == nil {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -283,8 +216,8 @@ func dialDevice(l *lab, ports map[string]int, cipher string) ([]*exec.Cmd, error
 	return links, nil
 }
 
-func ssh(l *lab, jump, host, cipher string, stdin io.Reader, command string) error {
-	args := []string{"-F", l.path("ssh_config"), "-o", "Ciphers=" + cipher}
+func ssh(l *benchlab.Lab, jump, host, cipher string, stdin io.Reader, command string) error {
+	args := []string{"-F", l.Path("ssh_config"), "-o", "Ciphers=" + cipher}
 	if jump != "" {
 		args = append(args, "-J", jump)
 	}

@@ -7,7 +7,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -20,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +27,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/switchboard-dev/switchboard/bench/internal/benchlab"
 	"github.com/switchboard-dev/switchboard/internal/agent"
 )
 
@@ -129,7 +128,7 @@ func run(sb string, devices int, idle time.Duration) error {
 // RSS and CPU time from /proc; then kills and restarts the server and times
 // how long the agent takes to register again.
 func idleAgent(e *env, identity, knownHosts, target string, idle time.Duration) error {
-	var stderr syncBuffer
+	var stderr benchlab.Log
 	cmd := exec.Command(e.sb, "agent", "--server", e.addr, "--name", "idle-agent", "--identity", identity,
 		"--known-hosts", knownHosts, "--forward", "22:"+target)
 	cmd.Stderr = &stderr
@@ -137,15 +136,15 @@ func idleAgent(e *env, identity, knownHosts, target string, idle time.Duration) 
 		return err
 	}
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	if err := waitFor(10*time.Second, func() bool { return stderr.count("forward registered") >= 1 }); err != nil {
+	if err := benchlab.WaitFor(10*time.Second, func() bool { return stderr.Count("forward registered") >= 1 }); err != nil {
 		return fmt.Errorf("idle agent never registered: %s", stderr.String())
 	}
 	settle := 5 * time.Second
 	time.Sleep(settle) // let start-up work and the first GC finish before measuring
-	cpu0 := cpuTime(cmd.Process.Pid)
+	cpu0 := benchlab.CPUTime(cmd.Process.Pid)
 	time.Sleep(idle)
-	cpu1 := cpuTime(cmd.Process.Pid)
-	rss, hwm := memory(cmd.Process.Pid)
+	cpu1 := benchlab.CPUTime(cmd.Process.Pid)
+	rss, hwm := benchlab.Memory(cmd.Process.Pid)
 	fmt.Printf("agent binary, idle and connected (keepalive every %s):\n", agent.DefaultKeepaliveInterval)
 	fmt.Printf("  RSS %.1f MiB (peak %.1f MiB); CPU %v over %v (%.3f%% of one core)\n\n",
 		float64(rss)/1024, float64(hwm)/1024, cpu1-cpu0, idle, 100*float64(cpu1-cpu0)/float64(idle))
@@ -153,16 +152,16 @@ func idleAgent(e *env, identity, knownHosts, target string, idle time.Duration) 
 	// Reconnect after SIGKILL and restart of the server, five times.
 	var times []time.Duration
 	for range 5 {
-		before := stderr.count("forward registered")
+		before := stderr.Count("forward registered")
 		e.killServer()
-		if err := waitFor(10*time.Second, func() bool { return stderr.count("waiting") > 0 }); err != nil {
+		if err := benchlab.WaitFor(10*time.Second, func() bool { return stderr.Count("waiting") > 0 }); err != nil {
 			return err
 		}
 		if err := e.startServer(); err != nil {
 			return err
 		}
 		start := time.Now()
-		if err := waitFor(30*time.Second, func() bool { return stderr.count("forward registered") > before }); err != nil {
+		if err := benchlab.WaitFor(30*time.Second, func() bool { return stderr.Count("forward registered") > before }); err != nil {
 			return fmt.Errorf("agent did not come back: %s", stderr.String())
 		}
 		times = append(times, time.Since(start))
@@ -203,7 +202,7 @@ func fleet(e *env, identity, knownHosts, target string, n int) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.Run(ctx) }()
 	}
-	if err := waitFor(120*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(registered) == n }); err != nil {
+	if err := benchlab.WaitFor(120*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(registered) == n }); err != nil {
 		return fmt.Errorf("only %d of %d agents registered at first", len(registered), n)
 	}
 	e.killServer()
@@ -214,7 +213,7 @@ func fleet(e *env, identity, knownHosts, target string, n int) error {
 	if err := e.startServer(); err != nil {
 		return err
 	}
-	if err := waitFor(120*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(registered) == n }); err != nil {
+	if err := benchlab.WaitFor(120*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(registered) == n }); err != nil {
 		return fmt.Errorf("only %d of %d agents came back", len(registered), n)
 	}
 	var back []time.Duration
@@ -262,57 +261,4 @@ func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
 func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-func (b *syncBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.String() }
-func (b *syncBuffer) count(msg string) int {
-	return strings.Count(b.String(), `"msg":"`+msg+`"`)
-}
-
-func waitFor(d time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return nil
-}
-
-// cpuTime is the process's user+system CPU time, from /proc/PID/stat.
-func cpuTime(pid int) time.Duration {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	utime, _ := strconv.Atoi(f[11])
-	stime, _ := strconv.Atoi(f[12])
-	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ
-}
-
-// memory returns VmRSS and VmHWM in KiB.
-func memory(pid int) (rss, hwm int) {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "VmRSS:" {
-			rss, _ = strconv.Atoi(f[1])
-		}
-		if len(f) >= 2 && f[0] == "VmHWM:" {
-			hwm, _ = strconv.Atoi(f[1])
-		}
-	}
-	return rss, hwm
-}
-
-func numCPU() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(b), "processor\t:")
-}
+func numCPU() int { return strings.Count(benchlab.Read("/proc/cpuinfo"), "processor\t:") }

@@ -9,12 +9,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchboard-dev/switchboard/bench/internal/benchlab"
 	"github.com/switchboard-dev/switchboard/internal/mqttc"
 	"github.com/switchboard-dev/switchboard/internal/pki"
 	"github.com/switchboard-dev/switchboard/internal/wake"
@@ -48,58 +47,15 @@ func main() {
 	}
 }
 
-type lab struct {
-	dir   string
-	procs []*exec.Cmd
-}
-
-func (l *lab) path(p ...string) string { return filepath.Join(append([]string{l.dir}, p...)...) }
-
-func (l *lab) start(stderr *syncBuffer, name string, args ...string) (*exec.Cmd, error) {
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	l.procs = append(l.procs, cmd)
-	return cmd, nil
-}
-
-func (l *lab) close() {
-	for _, p := range l.procs {
-		syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
-		p.Wait()
-	}
-	os.RemoveAll(l.dir)
-}
-
-func sh(name string, args ...string) error {
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
-func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func run(sb string, runs, agents int) error {
 	sb, _ = filepath.Abs(sb)
-	dir, err := os.MkdirTemp("", "switchboard-ondemand-bench")
+	l, err := benchlab.New("switchboard-ondemand-bench")
 	if err != nil {
 		return err
 	}
-	l := &lab{dir: dir}
-	defer l.close()
+	defer l.Close()
 	os.MkdirAll("/run/sshd", 0o755)
-	fmt.Printf("machine: %d cores\n\n", strings.Count(read("/proc/cpuinfo"), "processor\t:"))
+	fmt.Printf("machine: %d cores\n\n", strings.Count(benchlab.Read("/proc/cpuinfo"), "processor\t:"))
 	if err := wakeTime(l, sb, runs); err != nil {
 		return err
 	}
@@ -108,35 +64,35 @@ func run(sb string, runs, agents int) error {
 
 // wakeTime runs a server, an on-demand agent in front of a real sshd, and
 // times `ssh -J sb dev42 true` alternately asleep and still connected.
-func wakeTime(l *lab, sb string, runs int) error {
-	sshPort, mqttPort, targetPort := freePort(), freePort(), freePort()
+func wakeTime(l *benchlab.Lab, sb string, runs int) error {
+	sshPort, mqttPort, targetPort := port(), port(), port()
 	addr := fmt.Sprintf("127.0.0.1:%d", sshPort)
-	state := l.path("state")
-	var serverLog, agentLog syncBuffer
-	if _, err := l.start(&serverLog, sb, "serve", "--listen", addr, "--state-dir", state, "--public-addr", addr,
+	state := l.Path("state")
+	var serverLog, agentLog benchlab.Log
+	if _, err := l.Start(&serverLog, sb, "serve", "--listen", addr, "--state-dir", state, "--public-addr", addr,
 		"--mqtt-listen", fmt.Sprintf("127.0.0.1:%d", mqttPort), "--log-level", "warn"); err != nil {
 		return err
 	}
-	if err := waitFor(10*time.Second, func() bool { _, err := os.Stat(filepath.Join(state, "public-addr")); return err == nil }); err != nil {
+	if err := benchlab.WaitFor(10*time.Second, func() bool { _, err := os.Stat(filepath.Join(state, "public-addr")); return err == nil }); err != nil {
 		return fmt.Errorf("server did not start: %s", serverLog.String())
 	}
-	if err := waitPort(sshPort); err != nil {
+	if err := benchlab.WaitPort(sshPort); err != nil {
 		return err
 	}
-	if err := sh(sb, "enroll", "dev42", "--role", "device", "--on-demand", "--out", l.path("dev42"), "--state-dir", state,
-		"--device-dir", l.path("dev42"), "--mqtt-url", fmt.Sprintf("mqtts://127.0.0.1:%d", mqttPort),
+	if err := benchlab.Sh(sb, "enroll", "dev42", "--role", "device", "--on-demand", "--out", l.Path("dev42"), "--state-dir", state,
+		"--device-dir", l.Path("dev42"), "--mqtt-url", fmt.Sprintf("mqtts://127.0.0.1:%d", mqttPort),
 		"--forward", fmt.Sprintf("22:127.0.0.1:%d", targetPort)); err != nil {
 		return err
 	}
-	if err := sh(sb, "enroll", "alice", "--role", "operator", "--out", l.path("alice"), "--state-dir", state); err != nil {
+	if err := benchlab.Sh(sb, "enroll", "alice", "--role", "operator", "--out", l.Path("alice"), "--state-dir", state); err != nil {
 		return err
 	}
 	// The device's sshd, which lets alice in.
-	if err := sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", l.path("target_host")); err != nil {
+	if err := benchlab.Sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", l.Path("target_host")); err != nil {
 		return err
 	}
-	os.WriteFile(l.path("target_keys"), []byte(read(l.path("alice", "id_ed25519.pub"))), 0o600)
-	os.WriteFile(l.path("sshd_config"), []byte(fmt.Sprintf(`Port %d
+	os.WriteFile(l.Path("target_keys"), []byte(benchlab.Read(l.Path("alice", "id_ed25519.pub"))), 0o600)
+	os.WriteFile(l.Path("sshd_config"), []byte(fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %s
 AuthorizedKeysFile %s
@@ -144,21 +100,21 @@ PidFile none
 StrictModes no
 UsePAM no
 PermitRootLogin prohibit-password
-`, targetPort, l.path("target_host"), l.path("target_keys"))), 0o600)
-	var sshdLog syncBuffer
-	if _, err := l.start(&sshdLog, "/usr/sbin/sshd", "-D", "-e", "-f", l.path("sshd_config")); err != nil {
+`, targetPort, l.Path("target_host"), l.Path("target_keys"))), 0o600)
+	var sshdLog benchlab.Log
+	if _, err := l.Start(&sshdLog, "/usr/sbin/sshd", "-D", "-e", "-f", l.Path("sshd_config")); err != nil {
 		return err
 	}
 	idle := time.Second
-	if _, err := l.start(&agentLog, sb, "agent", "--config", l.path("dev42", "agent.yaml"), "--idle-timeout", idle.String()); err != nil {
+	if _, err := l.Start(&agentLog, sb, "agent", "--config", l.Path("dev42", "agent.yaml"), "--idle-timeout", idle.String()); err != nil {
 		return err
 	}
-	if err := waitFor(10*time.Second, func() bool { return agentLog.count("asleep") >= 1 }); err != nil {
+	if err := benchlab.WaitFor(10*time.Second, func() bool { return agentLog.Count("asleep") >= 1 }); err != nil {
 		return fmt.Errorf("agent never went to sleep: %s", agentLog.String())
 	}
-	known := read(l.path("alice", "known_hosts")) + "\ndev42 " + read(l.path("target_host.pub")) + "\n"
-	os.WriteFile(l.path("known_hosts"), []byte(known), 0o600)
-	os.WriteFile(l.path("ssh_config"), []byte(fmt.Sprintf(`Host sb
+	known := benchlab.Read(l.Path("alice", "known_hosts")) + "\ndev42 " + benchlab.Read(l.Path("target_host.pub")) + "\n"
+	os.WriteFile(l.Path("known_hosts"), []byte(known), 0o600)
+	os.WriteFile(l.Path("ssh_config"), []byte(fmt.Sprintf(`Host sb
   HostName 127.0.0.1
   Port %d
 Host *
@@ -168,11 +124,11 @@ Host *
   UserKnownHostsFile %s
   StrictHostKeyChecking yes
   BatchMode yes
-`, sshPort, l.path("alice", "id_ed25519"), l.path("known_hosts"))), 0o600)
+`, sshPort, l.Path("alice", "id_ed25519"), l.Path("known_hosts"))), 0o600)
 
 	ssh := func() (time.Duration, error) {
 		start := time.Now()
-		out, err := exec.Command("ssh", "-F", l.path("ssh_config"), "-J", "sb", "dev42", "true").CombinedOutput()
+		out, err := exec.Command("ssh", "-F", l.Path("ssh_config"), "-J", "sb", "dev42", "true").CombinedOutput()
 		if err != nil {
 			return 0, fmt.Errorf("ssh -J: %w: %s", err, out)
 		}
@@ -180,7 +136,7 @@ Host *
 	}
 	var asleep, connected []time.Duration
 	for range runs {
-		sleeps := agentLog.count("asleep")
+		sleeps := agentLog.Count("asleep")
 		d, err := ssh() // asleep: the server wakes it
 		if err != nil {
 			return err
@@ -191,7 +147,7 @@ Host *
 		}
 		connected = append(connected, d)
 		// Wait for it to hang up and go back to sleep before the next pair.
-		if err := waitFor(3*idle+5*time.Second, func() bool { return agentLog.count("asleep") > sleeps }); err != nil {
+		if err := benchlab.WaitFor(3*idle+5*time.Second, func() bool { return agentLog.Count("asleep") > sleeps }); err != nil {
 			return fmt.Errorf("agent did not go back to sleep: %s", agentLog.String())
 		}
 	}
@@ -213,34 +169,34 @@ Host *
 // brokerMemory starts a fresh server, then a load generator process that
 // holds n agents' MQTT sessions (each with its own certificate, subscribed
 // to its wake topic, its state retained), and reads the server's RSS.
-func brokerMemory(l *lab, sb string, n int) error {
-	sshPort, mqttPort := freePort(), freePort()
-	state := l.path("mem-state")
+func brokerMemory(l *benchlab.Lab, sb string, n int) error {
+	sshPort, mqttPort := port(), port()
+	state := l.Path("mem-state")
 	os.MkdirAll(state, 0o700)
 	// The broker admits only enrolled devices: one authorized_keys line each
 	// (one shared key is enough for that check).
-	if err := sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", l.path("fleet")); err != nil {
+	if err := benchlab.Sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", l.Path("fleet")); err != nil {
 		return err
 	}
-	pub := strings.TrimSpace(read(l.path("fleet.pub")))
+	pub := strings.TrimSpace(benchlab.Read(l.Path("fleet.pub")))
 	var ak strings.Builder
 	for i := range n {
 		fmt.Fprintf(&ak, "access=\"listen\",hostname=\"od%05d\" %s\n", i, pub)
 	}
 	os.WriteFile(filepath.Join(state, "authorized_keys"), []byte(ak.String()), 0o600)
-	var serverLog syncBuffer
-	server, err := l.start(&serverLog, sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", sshPort), "--state-dir", state,
+	var serverLog benchlab.Log
+	server, err := l.Start(&serverLog, sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", sshPort), "--state-dir", state,
 		"--public-addr", fmt.Sprintf("127.0.0.1:%d", sshPort), "--mqtt-listen", fmt.Sprintf("127.0.0.1:%d", mqttPort), "--log-level", "error")
 	if err != nil {
 		return err
 	}
-	if err := waitPort(mqttPort); err != nil {
+	if err := benchlab.WaitPort(mqttPort); err != nil {
 		return fmt.Errorf("broker: %w: %s", err, serverLog.String())
 	}
 	time.Sleep(2 * time.Second) // settle start-up allocations before the baseline
-	rss0, _ := memory(server.Process.Pid)
+	rss0, _ := benchlab.Memory(server.Process.Pid)
 
-	var genOut syncBuffer
+	var genOut benchlab.Log
 	gen := exec.Command(os.Args[0], os.Args[1:]...)
 	gen.Env = append(os.Environ(), "SWITCHBOARD_BENCH_LOADGEN=1",
 		"LG_STATE="+state, "LG_URL="+fmt.Sprintf("mqtts://127.0.0.1:%d", mqttPort), "LG_N="+strconv.Itoa(n))
@@ -251,12 +207,12 @@ func brokerMemory(l *lab, sb string, n int) error {
 		return err
 	}
 	defer func() { syscall.Kill(-gen.Process.Pid, syscall.SIGTERM); gen.Wait() }()
-	if err := waitFor(10*time.Minute, func() bool { return strings.Contains(genOut.String(), "ready") }); err != nil {
+	if err := benchlab.WaitFor(10*time.Minute, func() bool { return strings.Contains(genOut.String(), "ready") }); err != nil {
 		return fmt.Errorf("load generator: %s", genOut.String())
 	}
 	connectTime := time.Since(start)
 	time.Sleep(10 * time.Second) // idle: only keepalives
-	rss1, hwm := memory(server.Process.Pid)
+	rss1, hwm := benchlab.Memory(server.Process.Pid)
 	per := float64(rss1-rss0) / float64(n)
 	fmt.Printf("embedded broker with %d idle agents connected (mutual TLS, each subscribed to its wake topic,\n", n)
 	fmt.Printf("its state retained), in the switchboard server process:\n")
@@ -328,57 +284,11 @@ func loadgen() error {
 	return nil
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-func (b *syncBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.String() }
-func (b *syncBuffer) count(msg string) int {
-	return strings.Count(b.String(), `"msg":"`+msg+`"`)
-}
-
-func read(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
-}
-
-func waitFor(d time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
+// port is a free loopback port; without one there is nothing to measure.
+func port() int {
+	p, err := benchlab.FreePort()
+	if err != nil {
+		panic(err)
 	}
-	return nil
-}
-
-func waitPort(port int) error {
-	return waitFor(10*time.Second, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
-
-// memory returns VmRSS and VmHWM of pid in KiB.
-func memory(pid int) (rss, hwm int) {
-	for line := range strings.SplitSeq(read(fmt.Sprintf("/proc/%d/status", pid)), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "VmRSS:" {
-			rss, _ = strconv.Atoi(f[1])
-		}
-		if len(f) >= 2 && f[0] == "VmHWM:" {
-			hwm, _ = strconv.Atoi(f[1])
-		}
-	}
-	return rss, hwm
+	return p
 }
