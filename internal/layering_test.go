@@ -15,7 +15,7 @@ const module = "github.com/switchboard-dev/switchboard/"
 var forbidden = map[string][]string{
 	"internal/policy":  {"internal/board", "internal/circuit", "internal/sshd", "internal/server", "cmd/"},
 	"internal/circuit": {"internal/policy", "internal/board", "internal/sshd", "internal/server", "cmd/"},
-	"internal/board":   {"internal/policy", "internal/sshd", "internal/server", "cmd/", "golang.org/x/crypto/ssh", "internal/wake", "github.com/eclipse", "github.com/mochi-mqtt"},
+	"internal/board":   {"internal/policy", "internal/sshd", "internal/server", "cmd/", "golang.org/x/crypto/ssh", "internal/wake", "github.com/eclipse", "github.com/mochi-mqtt", "internal/metrics", "github.com/prometheus"},
 	// The SSH front end knows nothing of MQTT either.
 	"internal/sshd":   {"internal/server", "cmd/", "internal/wake", "internal/waker", "internal/broker", "internal/mqttc"},
 	"internal/server": {"cmd/"},

@@ -88,6 +88,8 @@ func serveCommand(stderr io.Writer) *cobra.Command {
 	f.StringVar(&o.MQTT.Key, "mqtt-key", "", "external broker: the client certificate's key")
 	f.StringVar(&o.MQTT.Prefix, "mqtt-prefix", "switchboard", "MQTT topic prefix")
 	f.DurationVar(&o.MQTT.WakeTimeout, "wake-timeout", server.DefaultWakeTimeout, "how long a woken device has to connect")
+	f.StringVar(&o.Metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9222)")
+	f.BoolVar(&o.Pprof, "pprof", false, "with --metrics: also serve Go profiles at /debug/pprof/")
 	f.DurationVar(&o.ShutdownGrace, "shutdown-grace", 5*time.Second, "how long open circuits may finish after SIGTERM")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -48,6 +48,8 @@ type Board struct {
 	now         func() time.Time
 	waker       Waker         // nil: devices are never woken
 	wakeTimeout time.Duration // set with waker, before use
+	// wakeObserver, if set, is told each wake-up's outcome.
+	wakeObserver func(outcome string, took time.Duration)
 
 	mu       sync.Mutex
 	byName   map[string]*Device  // every name and alias of every live device

@@ -54,6 +54,20 @@ func (e *WakeError) Unwrap() error { return e.Err }
 // the other, milliseconds apart.
 const portGrace = 2 * time.Second
 
+// Wake outcomes, as reported to a WakeObserver.
+const (
+	WakeAnswered    = "answered"
+	WakeTimeout     = "timeout"
+	WakeNotOnDemand = "not-on-demand"
+	WakeOffline     = "offline"
+	WakeFailed      = "failed"
+)
+
+// SetWakeObserver has fn told the outcome of every wake-up the board sends
+// (once per wake-up, however many circuits share it) and, when answered,
+// how long the device took to be ready. Call it before the board is used.
+func (b *Board) SetWakeObserver(fn func(outcome string, took time.Duration)) { b.wakeObserver = fn }
+
 // SetWaker lets the board wake absent devices, waiting up to timeout for
 // them to register. Call it before the board is used.
 func (b *Board) SetWaker(w Waker, timeout time.Duration) {
@@ -93,10 +107,12 @@ func (b *Board) awaitWoken(ctx context.Context, name string, port uint32) (*Devi
 		return b.awaitPort(ctx, name, port)
 	}
 	call := b.wakes[name]
+	sender := false
 	if call == nil || b.now().After(call.until) {
 		call = &wakeCall{done: make(chan struct{}), until: start.Add(b.wakeTimeout)}
 		b.wakes[name] = call
 		b.mu.Unlock()
+		sender = true
 		call.err = b.waker.Wake(ctx, name)
 		close(call.done)
 		if call.err != nil {
@@ -114,6 +130,14 @@ func (b *Board) awaitWoken(ctx context.Context, name string, port uint32) (*Devi
 	case <-ctx.Done():
 		return nil, &WakeTimeoutError{Name: name, After: b.wakeTimeout}
 	}
+	dev, err := b.wakeResult(ctx, call, name, port)
+	if sender && b.wakeObserver != nil {
+		b.wakeObserver(wakeOutcome(err), b.now().Sub(start))
+	}
+	return dev, err
+}
+
+func (b *Board) wakeResult(ctx context.Context, call *wakeCall, name string, port uint32) (*Device, error) {
 	if call.err != nil {
 		var off *OfflineError
 		if errors.Is(call.err, ErrNoWake) || errors.As(call.err, &off) {
@@ -122,6 +146,28 @@ func (b *Board) awaitWoken(ctx context.Context, name string, port uint32) (*Devi
 		return nil, &WakeError{Name: name, Err: call.err}
 	}
 	return b.awaitPort(ctx, name, port)
+}
+
+func wakeOutcome(err error) string {
+	var off *OfflineError
+	var wt *WakeTimeoutError
+	switch {
+	case err == nil:
+		return WakeAnswered
+	case errors.Is(err, ErrNoWake):
+		return WakeNotOnDemand
+	case errors.As(err, &off):
+		return WakeOffline
+	case errors.As(err, &wt):
+		return WakeTimeout
+	default:
+		// NoPortError included: it came, but not with what was asked for.
+		var np *NoPortError
+		if errors.As(err, &np) {
+			return WakeAnswered
+		}
+		return WakeFailed
+	}
 }
 
 // awaitPort waits until a device holding name forwards port. Once a device

@@ -128,24 +128,34 @@ func (e *Entry) MayListen(port uint32) bool {
 }
 
 // refusal returns why this entry does not let its key log in from remote at now, or "".
-func (e *Entry) refusal(remote netip.Addr, now time.Time) string {
+func (e *Entry) refusal(remote netip.Addr, now time.Time) (code, reason string) {
 	if e.CertAuthority {
-		return "cert-authority key cannot log in directly"
+		return DenyCertAuthority, "cert-authority key cannot log in directly"
 	}
 	if e.Roles&(Listen|Initiate) == 0 {
 		// Checked before from= and expiry-time=: fixing those would not help this line.
-		return "no access= option"
+		return DenyNoAccess, "no access= option"
 	}
 	if !e.Expiry.IsZero() && !now.Before(e.Expiry) {
-		return "expired " + e.Expiry.UTC().Format(time.RFC3339)
+		return DenyExpired, "expired " + e.Expiry.UTC().Format(time.RFC3339)
 	}
 	for _, l := range e.from {
 		if !l.match(remote) {
-			return "from= does not match " + remote.Unmap().WithZone("").String()
+			return DenyFrom, "from= does not match " + remote.Unmap().WithZone("").String()
 		}
 	}
-	return ""
+	return "", ""
 }
+
+// Denial codes: a small fixed set, for metrics and alerts, beside the
+// human reason.
+const (
+	DenyUnknownKey    = "unknown-key"
+	DenyCertAuthority = "cert-authority"
+	DenyNoAccess      = "no-access"
+	DenyExpired       = "expired"
+	DenyFrom          = "from"
+)
 
 // LineError is a bad line of an authorized_keys file; the line was skipped.
 type LineError struct {
@@ -166,6 +176,8 @@ type Denial struct {
 	Reason string
 	// Line is the first line that listed the key but refused it; 0 for an unknown key.
 	Line int
+	// Code is one of the Deny constants.
+	Code string
 }
 
 // Error returns "policy: " and the reason.
@@ -201,20 +213,20 @@ func (p *Policy) Len() int {
 // first such line gave. A cert-authority line never admits the plain key it lists.
 func (p *Policy) Authorize(key ssh.PublicKey, remote netip.Addr, now time.Time) (*Entry, error) {
 	if p == nil || key == nil {
-		return nil, &Denial{Reason: "unknown key"}
+		return nil, &Denial{Reason: "unknown key", Code: DenyUnknownKey}
 	}
 	var first *Denial
 	for _, e := range p.byKey[string(key.Marshal())] {
-		reason := e.refusal(remote, now)
-		if reason == "" {
+		code, reason := e.refusal(remote, now)
+		if code == "" {
 			return e, nil
 		}
 		if first == nil {
-			first = &Denial{Reason: reason, Line: e.Line}
+			first = &Denial{Reason: reason, Line: e.Line, Code: code}
 		}
 	}
 	if first == nil {
-		return nil, &Denial{Reason: "unknown key"}
+		return nil, &Denial{Reason: "unknown key", Code: DenyUnknownKey}
 	}
 	return nil, first
 }

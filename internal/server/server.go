@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/switchboard-dev/switchboard/internal/board"
 	"github.com/switchboard-dev/switchboard/internal/hostkey"
+	"github.com/switchboard-dev/switchboard/internal/metrics"
 	"github.com/switchboard-dev/switchboard/internal/policy"
 	"github.com/switchboard-dev/switchboard/internal/sshd"
 )
@@ -43,6 +45,10 @@ type Options struct {
 	MaxCircuitsPerKey  int
 	Ciphers            []string
 	MQTT               MQTTOptions
+	// Metrics is where to serve Prometheus metrics ("" for nowhere); Pprof
+	// adds /debug/pprof/ there.
+	Metrics string
+	Pprof   bool
 	// ShutdownGrace is how long open circuits may run on after SIGTERM.
 	ShutdownGrace time.Duration
 
@@ -93,6 +99,9 @@ func (o *Options) Validate() error {
 	case o.MaxUnauthPerSource < 0 || o.MaxUnauth < 0 || o.MaxCircuits < 0 || o.MaxCircuitsPerKey < 0:
 		return errors.New("limits must not be negative")
 	}
+	if o.Pprof && o.Metrics == "" {
+		return errors.New("--pprof needs --metrics ADDR to serve on")
+	}
 	if err := o.MQTT.validate(); err != nil {
 		return err
 	}
@@ -127,6 +136,8 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		return fmt.Errorf("server: %w", err)
 	}
 	b := board.New(time.Now)
+	m := metrics.New()
+	b.SetWakeObserver(m.Wake)
 	seenPath := filepath.Join(o.StateDir, LastSeenFile)
 	if seen, err := loadLastSeen(seenPath); err != nil {
 		// Keep the bad file for inspection rather than overwrite it.
@@ -166,6 +177,7 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		MaxCircuits:        o.MaxCircuits,
 		MaxCircuitsPerKey:  o.MaxCircuitsPerKey,
 		Ciphers:            o.Ciphers,
+		Observer:           m,
 		Version:            o.Version,
 	})
 	if err != nil {
@@ -174,6 +186,14 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
+	}
+	if o.Metrics != "" {
+		stop, err := serveMetrics(o.Metrics, m.Handler(o.Pprof), logger)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
 	}
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -233,6 +253,27 @@ func Run(ctx context.Context, o Options, logger *slog.Logger, reload <-chan stru
 		logger.Warn("shutdown cut open circuits", "error", shutErr)
 	}
 	return serveErr
+}
+
+// serveMetrics serves h on addr until stop is called.
+func serveMetrics(addr string, h http.Handler, logger *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	logger.Info("metrics listening", "addr", ln.Addr().String())
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		hs.Serve(ln)
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hs.Shutdown(ctx)
+		<-done
+	}, nil
 }
 
 // lastSeenEvery is how often changed last-seen times are written: a crash

@@ -39,7 +39,7 @@ func remoteAddr(a net.Addr) netip.AddrPort {
 func (s *Server) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	src := remoteAddr(meta.RemoteAddr())
 	if _, isCert := key.(*ssh.Certificate); isCert {
-		err := &policy.Denial{Reason: "certificates are not supported yet"}
+		err := &policy.Denial{Reason: "certificates are not supported yet", Code: "certificate"}
 		s.logAuth(meta, key, nil, err)
 		return nil, err
 	}
@@ -71,10 +71,11 @@ func (s *Server) logAuth(meta ssh.ConnMetadata, key ssh.PublicKey, entry *policy
 	}
 	if err != nil {
 		var d *policy.Denial
-		reason := err.Error()
+		reason, code := err.Error(), "other"
 		if errors.As(err, &d) {
-			reason = d.Reason
+			reason, code = d.Reason, d.Code
 		}
+		s.cfg.Observer.AuthDenied(code)
 		s.log.Info("auth", append(attrs, "result", "deny", "reason", reason)...)
 		return
 	}
@@ -139,6 +140,7 @@ func (s *Server) handle(nc net.Conn) {
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	s.authenticated(nc, src.Addr())
+	s.cfg.Observer.Handshake(err == nil)
 	if err != nil {
 		s.log.Debug("handshake failed", "source", src.String(), "error", err.Error())
 		nc.Close()
@@ -230,6 +232,7 @@ func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 	c.mu.Unlock()
 	if dev != nil {
 		c.srv.cfg.Board.Detach(dev)
+		c.srv.cfg.Observer.DeviceOnline(-1)
 		c.devLog.Info("device disconnected", "device", dev.Name(), "reason", why)
 	}
 	// Before waiting for the channels: a circuit still waiting for a device
@@ -366,11 +369,13 @@ func (c *conn) listen(p *policy.Policy, fwd tcpipForwardRequest) (*board.Device,
 			c.devLog.Info("device takeover", "device", old.Name())
 		}
 		c.device = dev
+		c.srv.cfg.Observer.DeviceOnline(1)
 		// A reload between reading p and Attach would have missed this
 		// device in Revalidate: check again against what is current now.
 		if now := c.srv.cfg.Policy(); now != p {
 			if again, err := c.deviceNames(now); err != nil || !slices.Equal(again, names) {
 				c.srv.cfg.Board.Detach(dev)
+				c.srv.cfg.Observer.DeviceOnline(-1)
 				c.device = nil
 				const why = "authorized_keys changed while it registered"
 				if c.why == "" { // c.mu is held: hangup would deadlock

@@ -29,6 +29,7 @@ func (c *conn) directTCPIP(nc ssh.NewChannel) {
 	req, err := parseDirectTCPIP(nc.ExtraData())
 	if err != nil {
 		c.opLog.Warn("circuit", "result", "refused", "reason", err.Error())
+		c.srv.cfg.Observer.CircuitRefused("malformed")
 		nc.Reject(ssh.ConnectionFailed, "switchboard: malformed direct-tcpip request")
 		return
 	}
@@ -39,6 +40,7 @@ func (c *conn) directTCPIP(nc ssh.NewChannel) {
 			attrs = append(attrs, "reason", cause.Error())
 		}
 		log.Info("circuit", attrs...)
+		c.srv.cfg.Observer.CircuitRefused(r.kind)
 		nc.Reject(r.reason, r.sentence)
 	}
 
@@ -62,7 +64,7 @@ func (c *conn) directTCPIP(nc ssh.NewChannel) {
 		return
 	}
 	if ok, why := c.srv.circuitStarted(c.fp); !ok {
-		reject(refuse(ssh.ResourceShortage, "cannot open a circuit to %q: %s", name, why), nil)
+		reject(refuse("limit", ssh.ResourceShortage, "cannot open a circuit to %q: %s", name, why), nil)
 		return
 	}
 	defer c.srv.circuitEnded(c.fp)
@@ -89,7 +91,9 @@ func (c *conn) directTCPIP(nc ssh.NewChannel) {
 	go ssh.DiscardRequests(opReqs)
 	setup := c.srv.cfg.Now().Sub(start)
 
+	c.srv.cfg.Observer.CircuitOpened()
 	st := circuit.Join(opCh, devCh)
+	c.srv.cfg.Observer.CircuitClosed(st.AToB, st.BToA)
 	if dev.Name() != name {
 		log = log.With("primary", dev.Name())
 	}

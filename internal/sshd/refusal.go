@@ -18,27 +18,28 @@ import (
 type refusal struct {
 	reason   ssh.RejectionReason
 	sentence string
+	kind     string // for metrics: see Observer.CircuitRefused
 }
 
 func (r *refusal) Error() string { return r.sentence }
 
-func refuse(reason ssh.RejectionReason, format string, args ...any) *refusal {
-	return &refusal{reason: reason, sentence: "switchboard: " + fmt.Sprintf(format, args...)}
+func refuse(kind string, reason ssh.RejectionReason, format string, args ...any) *refusal {
+	return &refusal{reason: reason, sentence: "switchboard: " + fmt.Sprintf(format, args...), kind: kind}
 }
 
 func noDevice(name string) *refusal {
-	return refuse(ssh.ConnectionFailed, "no device named %q", name)
+	return refuse("no-device", ssh.ConnectionFailed, "no device named %q", name)
 }
 
 func notPermitted(name string, port uint32) *refusal {
-	return refuse(ssh.Prohibited, "your key may not reach %q", fmt.Sprintf("%s:%d", name, port))
+	return refuse("not-permitted", ssh.Prohibited, "your key may not reach %q", fmt.Sprintf("%s:%d", name, port))
 }
 
 func offline(name string, lastSeen, now time.Time) *refusal {
 	if lastSeen.IsZero() {
-		return refuse(ssh.ConnectionFailed, "device %q is offline (never seen)", name)
+		return refuse("offline", ssh.ConnectionFailed, "device %q is offline (never seen)", name)
 	}
-	return refuse(ssh.ConnectionFailed, "device %q is offline (last seen %s, %s ago)",
+	return refuse("offline", ssh.ConnectionFailed, "device %q is offline (last seen %s, %s ago)",
 		name, lastSeen.UTC().Format(time.RFC3339), ago(now.Sub(lastSeen)))
 }
 
@@ -53,17 +54,17 @@ func refusalFor(err error, name string, port uint32, reserved bool, timeout time
 	var wakeErr *board.WakeError
 	switch {
 	case errors.As(err, &wakeTimeout):
-		return refuse(ssh.ConnectionFailed, "device %q did not answer the wake-up within %s", name, wakeTimeout.After)
+		return refuse("wake-timeout", ssh.ConnectionFailed, "device %q did not answer the wake-up within %s", name, wakeTimeout.After)
 	case errors.As(err, &wakeErr):
 		// The cause (broker address, TLS detail) is for the log only.
-		return refuse(ssh.ConnectionFailed, "device %q is asleep and the server could not send it a wake-up; try again shortly", name)
+		return refuse("wake-failed", ssh.ConnectionFailed, "device %q is asleep and the server could not send it a wake-up; try again shortly", name)
 	case errors.As(err, &off):
 		if off.LastSeen.IsZero() && !reserved {
 			return noDevice(name)
 		}
 		return offline(name, off.LastSeen, now)
 	case errors.As(err, &noPort):
-		return refuse(ssh.ConnectionFailed, "device %q does not expose port %d (%s)", name, port, exposes(noPort.Exposed))
+		return refuse("no-port", ssh.ConnectionFailed, "device %q does not expose port %d (%s)", name, port, exposes(noPort.Exposed))
 	case errors.As(err, &openErr):
 		// The device chose this text: keep it short and on one line.
 		msg := strings.Join(strings.Fields(openErr.Message), " ")
@@ -73,13 +74,13 @@ func refusalFor(err error, name string, port uint32, reserved bool, timeout time
 		if msg == "" {
 			msg = openErr.Reason.String()
 		}
-		return refuse(ssh.ConnectionFailed, "device %q could not connect to its port %d: %s", name, port, msg)
+		return refuse("device-error", ssh.ConnectionFailed, "device %q could not connect to its port %d: %s", name, port, msg)
 	case errors.Is(err, errNotAnswering):
-		return refuse(ssh.ResourceShortage, "device %q is not answering (other circuits are already waiting for it)", name)
+		return refuse("device-error", ssh.ResourceShortage, "device %q is not answering (other circuits are already waiting for it)", name)
 	case errors.Is(err, context.DeadlineExceeded):
-		return refuse(ssh.ConnectionFailed, "device %q did not answer within %s", name, timeout)
+		return refuse("device-error", ssh.ConnectionFailed, "device %q did not answer within %s", name, timeout)
 	default:
-		return refuse(ssh.ConnectionFailed, "device %q went away before the circuit opened", name)
+		return refuse("device-error", ssh.ConnectionFailed, "device %q went away before the circuit opened", name)
 	}
 }
 

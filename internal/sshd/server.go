@@ -67,6 +67,9 @@ type Config struct {
 	Version string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Observer is told of handshakes, denials, devices and circuits; nil
+	// counts nothing.
+	Observer Observer
 }
 
 // Defaults for the zero values of Config.
@@ -131,6 +134,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	return nil
 }
