@@ -7,10 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
-	"os"
-	"os/signal"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -112,11 +109,8 @@ with jittered backoff. SIGHUP re-reads --config; SIGTERM stops and exits 0.`,
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			ctx, hup, stop := lifecycle()
 			defer stop()
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
 			done := make(chan error, 1)
 			if cfg.MQTT != nil {
 				client, err := dialBrokerForever(ctx, a, cfg, logger)

@@ -4,12 +4,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -61,6 +64,18 @@ func isCobraUsage(err error) bool {
 	msg := err.Error()
 	return strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "accepts ") ||
 		strings.HasPrefix(msg, "requires ") || strings.Contains(msg, "arg(s)")
+}
+
+// lifecycle is what the long-running commands share: ctx ends on SIGTERM or
+// SIGINT, and hup delivers SIGHUP (reload). stop releases both.
+func lifecycle() (ctx context.Context, hup <-chan os.Signal, stop func()) {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	h := make(chan os.Signal, 1)
+	signal.Notify(h, syscall.SIGHUP)
+	return ctx, h, func() {
+		signal.Stop(h)
+		cancel()
+	}
 }
 
 // newLogger writes structured JSON logs to w at the given level.
