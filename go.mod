@@ -44,3 +44,7 @@ require (
 )
 
 tool honnef.co/go/tools/cmd/staticcheck
+
+// switchboard's patch to x/crypto/ssh (pooled transport buffers, idle readers
+// that hold none, shallow long-lived goroutines): third_party/README.md.
+replace golang.org/x/crypto => ./third_party/golang.org/x/crypto

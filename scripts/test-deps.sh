@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests drive, when it is missing: the real
 # OpenSSH client and server, nc, rsync, curl, ip/iptables for the NAT lab,
-# and mosquitto for the external-broker tests. Needs root on Debian/Ubuntu.
+# mosquitto for the external-broker tests, and patch, with which lint checks
+# the x/crypto copy in third_party. Needs root on Debian/Ubuntu.
 set -euo pipefail
 
 need=()
@@ -16,6 +17,7 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v patch   >/dev/null || need+=(patch)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

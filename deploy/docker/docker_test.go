@@ -710,6 +710,22 @@ func TestDockerfiles(t *testing.T) {
 		}) {
 			t.Errorf("%s: the build stage is not FROM %s (go.mod's Go)", df, wantGo)
 		}
+		// go mod download reads every local replacement's go.mod, so each
+		// must be in the build stage before it.
+		for _, r := range localReplacements(goMod) {
+			copiedAt, downloadAt := -1, -1
+			for n, i := range build {
+				if _, srcs, _ := copyArgs(i.args); i.cmd == "COPY" && slices.Contains(srcs, strings.SplitN(r, "/", 2)[0]) {
+					copiedAt = n
+				}
+				if i.cmd == "RUN" && strings.Contains(i.args, "go mod download") && downloadAt < 0 {
+					downloadAt = n
+				}
+			}
+			if copiedAt < 0 || (downloadAt >= 0 && copiedAt > downloadAt) {
+				t.Errorf("%s: go.mod replaces a module with ./%s, which the build stage does not COPY before go mod download", df, r)
+			}
+		}
 		if !strings.Contains(b.String(), "CGO_ENABLED=0") || !strings.Contains(b.String(), "-trimpath") ||
 			!strings.Contains(b.String(), "-X main.version=${VERSION}") {
 			t.Errorf("%s: the build stage does not build a static, trimmed binary with the version:\n%s", df, b.String())
@@ -976,4 +992,13 @@ func findKey(m map[string]string, v string) string {
 		}
 	}
 	return ""
+}
+
+// localReplacements lists the directories go.mod replaces modules with.
+func localReplacements(goMod string) []string {
+	var dirs []string
+	for _, m := range regexp.MustCompile(`(?m)^replace\s+\S+(?:\s+\S+)?\s+=>\s+\./(\S+)\s*$`).FindAllStringSubmatch(goMod, -1) {
+		dirs = append(dirs, m[1])
+	}
+	return dirs
 }

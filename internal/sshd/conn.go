@@ -158,7 +158,6 @@ func (s *Server) handle(nc net.Conn) {
 	log := s.log.With("source", src.String(), "user", clip(sc.User()))
 	fp := ssh.FingerprintSHA256(key)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	c := &conn{
 		srv:    s,
 		end:    cancel,
@@ -171,11 +170,34 @@ func (s *Server) handle(nc net.Conn) {
 		devLog: log.With("fingerprint", fp),
 	}
 	if !s.track(c, true) {
+		cancel()
 		sc.Close()
 		return
 	}
-	defer s.track(c, false)
-	c.serve(chans, reqs)
+	// The handshake grew this goroutine's stack, and the runtime never
+	// shrinks a parked goroutine's stack back to the minimum: the
+	// connection's long-lived loop starts on a fresh one. Adding while the
+	// count is held above zero by this goroutine is safe against Wait.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer cancel()
+		defer s.track(c, false)
+		c.serve(chans, reqs)
+	}()
+}
+
+// onFreshStack runs fn in a short-lived goroutine and waits for it. The
+// connection loop parks for hours between requests; work with deep stacks
+// (policy, the board, logging) grows the short-lived goroutine's stack, not
+// the loop's, so each idle connection keeps only a minimum-size stack.
+func onFreshStack(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
 }
 
 // serve runs the connection's one dispatch loop: global requests must be
@@ -212,7 +234,7 @@ func (c *conn) serve(chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 				reqs = nil
 				continue
 			}
-			c.dispatchRequest(req)
+			onFreshStack(func() { c.dispatchRequest(req) })
 		}
 	}
 	stopKeepalive()
