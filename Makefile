@@ -4,7 +4,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GO ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: build release test test-deps lint unit e2e fuzz demo bench clean
+.PHONY: build release test test-deps lint unit e2e fuzz demo bench bench-smoke clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/switchboard ./cmd/switchboard
@@ -30,7 +30,7 @@ unit:
 e2e: test-deps
 	$(GO) test -count=1 -timeout 15m ./e2e/
 
-test: test-deps lint unit e2e
+test: test-deps lint unit e2e bench-smoke
 
 # Each fuzz target for FUZZTIME; new finds land in the build cache, crashers
 # in testdata/fuzz (commit them as regression seeds).
@@ -48,9 +48,15 @@ fuzz:
 demo: build
 	./scripts/demo.sh $(ARGS)
 
+# Every benchmark program, one after the other (~15 min), into docs/benchmarks.md
+# and docs/bench/*.png, with the targets met or missed.
 bench: build test-deps
-	$(GO) run ./bench -switchboard bin/switchboard
-	$(GO) run ./bench/agent -switchboard bin/switchboard
+	$(GO) run ./bench/report -switchboard bin/switchboard -out docs/benchmarks.md
+
+# The same programs at tiny sizes (< 2 min): fails if one fails, a figure is
+# missing, a circuit errs or devices fail to connect. Part of make test.
+bench-smoke: build test-deps
+	$(GO) run ./bench/report -switchboard bin/switchboard -smoke
 
 clean:
 	rm -rf bin dist

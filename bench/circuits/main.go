@@ -3,7 +3,7 @@
 // tcpip-forward) answer each circuit with the SHA-256 of what they read,
 // and each operator circuit sends random data and compares. Errors must be 0.
 //
-//	go run ./bench/circuits -switchboard bin/switchboard [-circuits 1000] [-size 1MiB] [-devices 8]
+//	go run ./bench/circuits -switchboard bin/switchboard [-circuits 1000] [-size 1048576] [-devices 8] [-json FILE]
 package main
 
 import (
@@ -14,7 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -32,8 +34,15 @@ func main() {
 	size := flag.Int("size", 1<<20, "bytes sent through each circuit")
 	devices := flag.Int("devices", 8, "devices the circuits are spread over")
 	operators := flag.Int("operators", 8, "operator SSH connections the circuits are spread over")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up on circuits still open after this long (they count as errors)")
+	jsonPath := flag.String("json", "", "also write the results to this file (benchlab JSON)")
 	flag.Parse()
-	if err := run(*sb, *circuits, *size, *devices, *operators); err != nil {
+	res := &benchlab.Results{Program: "bench/circuits", Command: benchlab.CommandLine("bench/circuits")}
+	err := run(*sb, *circuits, *size, *devices, *operators, *timeout, res)
+	if werr := res.WriteJSON(*jsonPath); werr != nil && err == nil {
+		err = werr
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/circuits:", err)
 		os.Exit(1)
 	}
@@ -45,7 +54,10 @@ func signer() (ssh.Signer, string) {
 	return s, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey())))
 }
 
-func run(sb string, n, size, nDevices, nOperators int) error {
+func run(sb string, n, size, nDevices, nOperators int, timeout time.Duration, res *benchlab.Results) error {
+	if n < 1 || size < 0 || nDevices < 1 || nOperators < 1 {
+		return fmt.Errorf("-circuits, -devices and -operators must be positive")
+	}
 	l, err := benchlab.New("switchboard-circuits-bench")
 	if err != nil {
 		return err
@@ -62,8 +74,10 @@ func run(sb string, n, size, nDevices, nOperators int) error {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	var serverLog benchlab.Log
-	if _, err := l.Start(&serverLog, sb, "serve", "--listen", addr, "--state-dir", l.Path("state"),
-		"--mqtt", "off", "--log-level", "error", "--max-circuits", "100000", "--max-circuits-per-key", "100000"); err != nil {
+	server := exec.Command(sb, "serve", "--listen", addr, "--state-dir", l.Path("state"),
+		"--mqtt", "off", "--log-level", "error", "--max-circuits", "100000", "--max-circuits-per-key", "100000")
+	server.Stderr = &serverLog
+	if err := l.StartCmd(server); err != nil {
 		return err
 	}
 	if err := benchlab.WaitPort(port); err != nil {
@@ -78,14 +92,33 @@ func run(sb string, n, size, nDevices, nOperators int) error {
 			HostKeyCallback: ssh.FixedHostKey(pub), Timeout: 30 * time.Second})
 	}
 
+	// Every client closes at return, or when the watchdog fires, which
+	// ends the goroutines serving them.
+	var (
+		clientsMu sync.Mutex
+		clients   []*ssh.Client
+	)
+	closeAll := func() {
+		clientsMu.Lock()
+		defer clientsMu.Unlock()
+		for _, c := range clients {
+			c.Close()
+		}
+	}
+	defer closeAll()
+	keep := func(c *ssh.Client) {
+		clientsMu.Lock()
+		defer clientsMu.Unlock()
+		clients = append(clients, c)
+	}
+
 	// Devices: each circuit is read to EOF, then answered with its SHA-256.
-	// Their goroutines end when their connections close, at return.
 	for i := range nDevices {
 		c, err := dial(fmt.Sprintf("cdev%d", i), devKey)
 		if err != nil {
-			return err
+			return fmt.Errorf("device %d: %w", i, err)
 		}
-		defer c.Close()
+		keep(c)
 		chans := c.HandleChannelOpen("forwarded-tcpip")
 		payload := ssh.Marshal(struct {
 			Addr string
@@ -115,15 +148,16 @@ func run(sb string, n, size, nDevices, nOperators int) error {
 	ops := make([]*ssh.Client, nOperators)
 	for i := range ops {
 		if ops[i], err = dial(fmt.Sprintf("op%d", i), opKey); err != nil {
-			return err
+			return fmt.Errorf("operator %d: %w", i, err)
 		}
-		defer ops[i].Close()
+		keep(ops[i])
 	}
 	var (
 		wg        sync.WaitGroup
 		errs      atomic.Int32
 		firstErr  atomic.Value
-		durations = make([]time.Duration, n)
+		durMu     sync.Mutex
+		durations []time.Duration // of the circuits that succeeded
 		start     = make(chan struct{})
 	)
 	fail := func(err error) {
@@ -156,15 +190,31 @@ func run(sb string, n, size, nDevices, nOperators int) error {
 				fail(err)
 			case !bytes.Equal(got, want[:]):
 				fail(fmt.Errorf("circuit %d: digest mismatch", i))
+			default:
+				d := time.Since(t0)
+				durMu.Lock()
+				durations = append(durations, d)
+				durMu.Unlock()
 			}
-			durations[i] = time.Since(t0)
 		}()
 	}
 	t0 := time.Now()
 	close(start)
+	watchdog := time.AfterFunc(timeout, func() {
+		firstErr.CompareAndSwap(nil, fmt.Sprintf("circuits still open after %v", timeout))
+		closeAll() // fails every circuit still open
+	})
 	wg.Wait()
+	watchdog.Stop()
 	total := time.Since(t0)
 	slices.Sort(durations)
+	pct := func(p float64) time.Duration {
+		if len(durations) == 0 {
+			return 0
+		}
+		return durations[max(0, int(math.Ceil(p*float64(len(durations))))-1)]
+	}
+	agg := float64(len(durations)*size) / (1 << 20) / total.Seconds()
 	fmt.Printf("%d circuits at once, %d KiB each, over %d devices and %d operator connections, checksummed end to end:\n",
 		n, size>>10, nDevices, nOperators)
 	fmt.Printf("  errors: %d", errs.Load())
@@ -172,10 +222,21 @@ func run(sb string, n, size, nDevices, nOperators int) error {
 		fmt.Printf(" (first: %v)", e)
 	}
 	fmt.Printf("\n  all done in %v (%.1f MiB/s aggregate); per circuit median %v, p99 %v\n",
-		total.Round(time.Millisecond), float64(n*size)/(1<<20)/total.Seconds(),
-		durations[n/2].Round(time.Millisecond), durations[n*99/100].Round(time.Millisecond))
+		total.Round(time.Millisecond), agg, pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
+	note := fmt.Sprintf("%d circuits of %d KiB opened at once over %d devices and %d operator connections, SHA-256 checked end to end",
+		n, size>>10, nDevices, nOperators)
+	res.Add(benchlab.Result{ID: "circuits.errors", Name: "circuits failed or corrupted", Unit: "errors", Better: "lower",
+		Switchboard: []float64{float64(errs.Load())}, Note: note})
+	res.Add(benchlab.Result{ID: "circuits.aggregate", Name: "aggregate throughput of concurrent circuits", Unit: "MiB/s", Better: "higher",
+		Switchboard: []float64{round(agg)}, Note: note + "; counting the circuits that succeeded"})
+	res.Add(benchlab.Result{ID: "circuits.p50", Name: "median circuit's time (open, send, digest back)", Unit: "s", Better: "lower",
+		Switchboard: []float64{round(pct(0.5).Seconds())}, Note: note})
+	res.Add(benchlab.Result{ID: "circuits.p99", Name: "99th percentile circuit's time (open, send, digest back)", Unit: "s", Better: "lower",
+		Switchboard: []float64{round(pct(0.99).Seconds())}, Note: note})
 	if errs.Load() > 0 {
-		return fmt.Errorf("%d circuits failed", errs.Load())
+		return fmt.Errorf("%d of %d circuits failed (first: %v)", errs.Load(), n, firstErr.Load())
 	}
 	return nil
 }
+
+func round(v float64) float64 { return math.Round(v*1000) / 1000 }

@@ -5,7 +5,7 @@
 // (real TLS MQTT sessions from a separate load-generator process) held
 // against a real `switchboard serve`.
 //
-//	go run ./bench/ondemand -switchboard bin/switchboard [-runs 10] [-agents 10000]
+//	go run ./bench/ondemand -switchboard bin/switchboard [-runs 10] [-agents 10000] [-json FILE]
 package main
 
 import (
@@ -13,8 +13,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -34,12 +36,17 @@ func main() {
 	sb := flag.String("switchboard", "bin/switchboard", "switchboard binary")
 	runs := flag.Int("runs", 10, "asleep/connected pairs of ssh -J … true")
 	agents := flag.Int("agents", 10000, "idle MQTT agents for the memory measurement")
+	jsonPath := flag.String("json", "", "also write the results to this file (benchlab JSON)")
 	flag.Parse()
 	var err error
 	if os.Getenv("SWITCHBOARD_BENCH_LOADGEN") != "" {
 		err = loadgen()
 	} else {
-		err = run(*sb, *runs, *agents)
+		res := &benchlab.Results{Program: "bench/ondemand", Command: benchlab.CommandLine("bench/ondemand")}
+		err = run(*sb, *runs, *agents, res)
+		if werr := res.WriteJSON(*jsonPath); werr != nil && err == nil {
+			err = werr
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/ondemand:", err)
@@ -47,7 +54,10 @@ func main() {
 	}
 }
 
-func run(sb string, runs, agents int) error {
+func run(sb string, runs, agents int, res *benchlab.Results) error {
+	if runs < 1 || agents < 1 {
+		return fmt.Errorf("-runs and -agents must be positive")
+	}
 	sb, _ = filepath.Abs(sb)
 	l, err := benchlab.New("switchboard-ondemand-bench")
 	if err != nil {
@@ -56,20 +66,28 @@ func run(sb string, runs, agents int) error {
 	defer l.Close()
 	os.MkdirAll("/run/sshd", 0o755)
 	fmt.Printf("machine: %d cores\n\n", strings.Count(benchlab.Read("/proc/cpuinfo"), "processor\t:"))
-	if err := wakeTime(l, sb, runs); err != nil {
+	if err := wakeTime(l, sb, runs, res); err != nil {
 		return err
 	}
-	return brokerMemory(l, sb, agents)
+	return brokerMemory(l, sb, agents, res)
+}
+
+// start runs a lab process (ended by l.Close, or killed if this process
+// dies) with its stderr to log.
+func start(l *benchlab.Lab, log *benchlab.Log, name string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = log
+	return cmd, l.StartCmd(cmd)
 }
 
 // wakeTime runs a server, an on-demand agent in front of a real sshd, and
 // times `ssh -J sb dev42 true` alternately asleep and still connected.
-func wakeTime(l *benchlab.Lab, sb string, runs int) error {
+func wakeTime(l *benchlab.Lab, sb string, runs int, res *benchlab.Results) error {
 	sshPort, mqttPort, targetPort := port(), port(), port()
 	addr := fmt.Sprintf("127.0.0.1:%d", sshPort)
 	state := l.Path("state")
 	var serverLog, agentLog benchlab.Log
-	if _, err := l.Start(&serverLog, sb, "serve", "--listen", addr, "--state-dir", state, "--public-addr", addr,
+	if _, err := start(l, &serverLog, sb, "serve", "--listen", addr, "--state-dir", state, "--public-addr", addr,
 		"--mqtt-listen", fmt.Sprintf("127.0.0.1:%d", mqttPort), "--log-level", "warn"); err != nil {
 		return err
 	}
@@ -102,11 +120,11 @@ UsePAM no
 PermitRootLogin prohibit-password
 `, targetPort, l.Path("target_host"), l.Path("target_keys"))), 0o600)
 	var sshdLog benchlab.Log
-	if _, err := l.Start(&sshdLog, "/usr/sbin/sshd", "-D", "-e", "-f", l.Path("sshd_config")); err != nil {
+	if _, err := start(l, &sshdLog, "/usr/sbin/sshd", "-D", "-e", "-f", l.Path("sshd_config")); err != nil {
 		return err
 	}
 	idle := time.Second
-	if _, err := l.Start(&agentLog, sb, "agent", "--config", l.Path("dev42", "agent.yaml"), "--idle-timeout", idle.String()); err != nil {
+	if _, err := start(l, &agentLog, sb, "agent", "--config", l.Path("dev42", "agent.yaml"), "--idle-timeout", idle.String()); err != nil {
 		return err
 	}
 	if err := benchlab.WaitFor(10*time.Second, func() bool { return agentLog.Count("asleep") >= 1 }); err != nil {
@@ -155,6 +173,13 @@ Host *
 	for i := range asleep {
 		extra = append(extra, asleep[i]-connected[i])
 	}
+	note := fmt.Sprintf("ssh -J sb dev42 true with a real agent (on demand, embedded broker) and sshd; %d alternating pairs", runs)
+	res.Add(benchlab.Result{ID: "wake.connected", Name: "ssh -J … true to an on-demand device still connected", Unit: "ms", Better: "lower",
+		Switchboard: ms(connected), Note: note})
+	res.Add(benchlab.Result{ID: "wake.asleep", Name: "ssh -J … true to an asleep on-demand device (woken over MQTT)", Unit: "ms", Better: "lower",
+		Switchboard: ms(asleep), Note: note})
+	res.Add(benchlab.Result{ID: "wake.extra", Name: "extra time of a wake-up (asleep − connected, per pair)", Unit: "ms", Better: "lower",
+		Switchboard: ms(extra), Note: note + "; each sample is one pair's difference"})
 	for _, s := range [][]time.Duration{asleep, connected, extra} {
 		slices.Sort(s)
 	}
@@ -169,7 +194,7 @@ Host *
 // brokerMemory starts a fresh server, then a load generator process that
 // holds n agents' MQTT sessions (each with its own certificate, subscribed
 // to its wake topic, its state retained), and reads the server's RSS.
-func brokerMemory(l *benchlab.Lab, sb string, n int) error {
+func brokerMemory(l *benchlab.Lab, sb string, n int, res *benchlab.Results) error {
 	sshPort, mqttPort := port(), port()
 	state := l.Path("mem-state")
 	os.MkdirAll(state, 0o700)
@@ -185,7 +210,7 @@ func brokerMemory(l *benchlab.Lab, sb string, n int) error {
 	}
 	os.WriteFile(filepath.Join(state, "authorized_keys"), []byte(ak.String()), 0o600)
 	var serverLog benchlab.Log
-	server, err := l.Start(&serverLog, sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", sshPort), "--state-dir", state,
+	server, err := start(l, &serverLog, sb, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", sshPort), "--state-dir", state,
 		"--public-addr", fmt.Sprintf("127.0.0.1:%d", sshPort), "--mqtt-listen", fmt.Sprintf("127.0.0.1:%d", mqttPort), "--log-level", "error")
 	if err != nil {
 		return err
@@ -201,16 +226,27 @@ func brokerMemory(l *benchlab.Lab, sb string, n int) error {
 	gen.Env = append(os.Environ(), "SWITCHBOARD_BENCH_LOADGEN=1",
 		"LG_STATE="+state, "LG_URL="+fmt.Sprintf("mqtts://127.0.0.1:%d", mqttPort), "LG_N="+strconv.Itoa(n))
 	gen.Stdout, gen.Stderr = &genOut, &genOut
-	gen.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	start := time.Now()
-	if err := gen.Start(); err != nil {
+	t0 := time.Now()
+	p, err := benchlab.Spawn(gen)
+	if err != nil {
 		return err
 	}
-	defer func() { syscall.Kill(-gen.Process.Pid, syscall.SIGTERM); gen.Wait() }()
-	if err := benchlab.WaitFor(10*time.Minute, func() bool { return strings.Contains(genOut.String(), "ready") }); err != nil {
-		return fmt.Errorf("load generator: %s", genOut.String())
+	defer p.Stop()
+	deadline := time.Now().Add(10 * time.Minute)
+	for !strings.Contains(genOut.String(), "ready") {
+		select {
+		case <-p.Done():
+			if strings.Contains(genOut.String(), "ready") {
+				continue
+			}
+			return fmt.Errorf("load generator exited (%v): %s", p.Err(), strings.TrimSpace(genOut.String()))
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("load generator not ready after 10 minutes: %s", strings.TrimSpace(genOut.String()))
+		}
 	}
-	connectTime := time.Since(start)
+	connectTime := time.Since(t0)
 	time.Sleep(10 * time.Second) // idle: only keepalives
 	rss1, hwm := benchlab.Memory(server.Process.Pid)
 	per := float64(rss1-rss0) / float64(n)
@@ -219,6 +255,10 @@ func brokerMemory(l *benchlab.Lab, sb string, n int) error {
 	fmt.Printf("  server RSS %.1f MiB before, %.1f MiB with the agents (peak %.1f MiB): %.1f KiB per agent\n",
 		float64(rss0)/1024, float64(rss1)/1024, float64(hwm)/1024, per)
 	fmt.Printf("  %d agents connected in %v\n", n, connectTime.Round(100*time.Millisecond))
+	res.Add(benchlab.Result{ID: "broker.per_agent", Name: "server memory per idle on-demand agent (embedded MQTT broker)", Unit: "KiB", Better: "lower",
+		Switchboard: []float64{math.Round(per*100) / 100}, X: float64(n),
+		Note: fmt.Sprintf("(RSS − baseline) / agents; mutual TLS, each subscribed to its wake topic, its state retained; RSS %.1f → %.1f MiB",
+			float64(rss0)/1024, float64(rss1)/1024)})
 	return nil
 }
 
@@ -233,11 +273,18 @@ func loadgen() error {
 	topics := wake.Topics{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
 	var (
-		wg     sync.WaitGroup
-		failed atomic.Int32
-		sem    = make(chan struct{}, 64) // concurrent handshakes
+		wg       sync.WaitGroup
+		failed   atomic.Int32
+		firstErr atomic.Value
+		sem      = make(chan struct{}, 64) // concurrent handshakes
 	)
+	fail := func(name string, err error) {
+		failed.Add(1)
+		firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %v", name, err))
+	}
 	clients := make([]*mqttc.Client, n)
 	for i := range n {
 		name := fmt.Sprintf("od%05d", i)
@@ -247,12 +294,12 @@ func loadgen() error {
 			defer func() { <-sem; wg.Done() }()
 			certPEM, keyPEM, err := ca.Issue(name, pki.ClientCert, nil, time.Hour)
 			if err != nil {
-				failed.Add(1)
+				fail(name, err)
 				return
 			}
 			tc, err := pki.ClientTLS(ca.CertPEM(), certPEM, keyPEM, "127.0.0.1")
 			if err != nil {
-				failed.Add(1)
+				fail(name, err)
 				return
 			}
 			dctx, dcancel := context.WithTimeout(ctx, time.Minute)
@@ -260,16 +307,16 @@ func loadgen() error {
 			c, err := mqttc.Dial(dctx, mqttc.Options{URL: os.Getenv("LG_URL"), ClientID: name, TLS: tc,
 				Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
-				failed.Add(1)
+				fail(name, err)
 				return
 			}
 			if _, err := c.Subscribe(dctx, topics.Wake(name), func([]byte, bool) {}); err != nil {
-				failed.Add(1)
+				fail(name, err)
 				return
 			}
 			st := fmt.Sprintf(`{"v":1,"state":"asleep","since":"%s","agent":"bench"}`, time.Now().UTC().Format(time.RFC3339))
 			if err := c.Publish(dctx, topics.State(name), []byte(st), true); err != nil {
-				failed.Add(1)
+				fail(name, err)
 				return
 			}
 			clients[i] = c
@@ -277,10 +324,10 @@ func loadgen() error {
 	}
 	wg.Wait()
 	if f := failed.Load(); f > 0 {
-		return fmt.Errorf("%d of %d agents failed to connect", f, n)
+		return fmt.Errorf("%d of %d agents failed to connect (first: %v)", f, n, firstErr.Load())
 	}
 	fmt.Println("ready")
-	<-make(chan struct{}) // hold the sessions until killed
+	<-term // hold the sessions until told to end; exiting closes them
 	return nil
 }
 
@@ -291,4 +338,13 @@ func port() int {
 		panic(err)
 	}
 	return p
+}
+
+// ms converts durations to milliseconds, rounded to 0.1 ms.
+func ms(ds []time.Duration) []float64 {
+	var out []float64
+	for _, d := range ds {
+		out = append(out, math.Round(float64(d)/float64(time.Millisecond)*10)/10)
+	}
+	return out
 }
