@@ -106,6 +106,7 @@ func printOperatorSteps(w io.Writer, r *enroll.Result, domain string) error {
 		Identity:   filepath.Join(r.Dir, enroll.KeyFile),
 		KnownHosts: filepath.Join(r.Dir, enroll.KnownHostsFile),
 		Domain:     domain,
+		Ciphers:    enroll.PivotCiphers(),
 	}
 	if err := c.Validate(); err != nil {
 		return usageError{err}

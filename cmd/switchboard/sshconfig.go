@@ -52,5 +52,6 @@ STATE-DIR holds it) is printed in a comment, ready for ~/.ssh/known_hosts.`,
 	f.StringVar(&c.KnownHosts, "known-hosts", "", "UserKnownHostsFile pinning the server's host key (as written by enroll)")
 	f.StringVar(&c.Domain, "domain", "", "the server's --domain: NAME.SUFFIX then goes through the server")
 	f.StringVar(&c.Name, "name", enroll.DefaultPivotName, "the Host name to give the server")
+	f.StringVar(&c.Ciphers, "ciphers", enroll.PivotCiphers(), `a Ciphers line for the server ("" for ssh's default; the default puts AES-GCM first when this machine has AES instructions)`)
 	return cmd
 }

@@ -6,10 +6,12 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"unicode/utf8"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/cpu"
 
 	"github.com/switchboard-dev/switchboard/internal/policy"
 )
@@ -26,6 +28,28 @@ type SSHConfig struct {
 	KnownHosts string        // UserKnownHostsFile pinning the pivot's host key, or ""
 	Domain     string        // the server's --domain, or ""
 	HostKey    ssh.PublicKey // the pivot's host key, shown in a comment when KnownHosts is ""; may be nil
+	// Ciphers, if set, is a Ciphers line for the pivot: PivotCiphers gives one.
+	Ciphers string
+}
+
+// aesFirst is OpenSSH's default cipher set with AES-GCM moved ahead of ChaCha20. A plain list,
+// not "^aes128-gcm@openssh.com,…", which OpenSSH before 8.7 cannot parse.
+const aesFirst = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr"
+
+// cipherName is what an OpenSSH cipher name looks like; anything else could end the
+// Ciphers line and inject options into the block.
+var cipherName = regexp.MustCompile(`^[a-z0-9][a-z0-9@.-]*$`)
+
+// PivotCiphers is the Ciphers line for operators' connections to a pivot running on this
+// machine: AES-GCM first when the CPU has AES and carry-less multiply instructions. The pivot
+// decrypts and re-encrypts every byte of a circuit; Go's AES-GCM uses those instructions, while
+// its ChaCha20 has no assembly on amd64 and runs at about a quarter of OpenSSL's speed, and stock
+// ssh picks ChaCha20 first. "" (ssh's default) on machines without them.
+func PivotCiphers() string {
+	if (cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ) || (cpu.ARM64.HasAES && cpu.ARM64.HasPMULL) {
+		return aesFirst
+	}
+	return ""
 }
 
 // Validate fills in the defaults and checks the fields; its errors are usage errors. The Host
@@ -69,6 +93,11 @@ func (c *SSHConfig) Validate() error {
 				return fmt.Errorf("%s %q: %w", f.flag, *f.path, err)
 			}
 			*f.path = abs
+		}
+	}
+	for _, name := range strings.Split(c.Ciphers, ",") {
+		if c.Ciphers != "" && !cipherName.MatchString(name) {
+			return fmt.Errorf("ciphers: %q is not a cipher name (a comma-separated list such as %s)", name, aesFirst)
 		}
 	}
 	return nil
@@ -145,6 +174,11 @@ func (c SSHConfig) Write(w io.Writer) error {
 	if c.KnownHosts != "" {
 		p("    UserKnownHostsFile %s", configPath(c.KnownHosts))
 		p("    StrictHostKeyChecking yes")
+	}
+	if c.Ciphers != "" {
+		p("    # ssh's default ciphers with AES-GCM first: the pivot re-encrypts every byte, and its")
+		p("    # AES-GCM is several times faster than its ChaCha20 on this hardware.")
+		p("    Ciphers %s", c.Ciphers)
 	}
 	p("")
 	if c.Domain != "" {

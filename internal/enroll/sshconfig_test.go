@@ -21,6 +21,10 @@ func TestSSHConfigValidate(t *testing.T) {
 		{SSHConfig{Server: "p:22", Identity: `/a"b`}, "--identity"},
 		{SSHConfig{Server: "p:22", KnownHosts: "/a/${HOME}/b"}, "--known-hosts"},
 		{SSHConfig{Server: "p:22", KnownHosts: "/a\nb"}, "control characters"},
+		{SSHConfig{Server: "p:22", Ciphers: aesFirst}, ""},
+		{SSHConfig{Server: "p:22", Ciphers: "aes128-gcm@openssh.com\n    ProxyCommand sh"}, "not a cipher name"},
+		{SSHConfig{Server: "p:22", Ciphers: "aes128-ctr,,aes256-ctr"}, "not a cipher name"},
+		{SSHConfig{Server: "p:22", Ciphers: "^aes128-ctr"}, "not a cipher name"},
 	} {
 		err := tc.c.Validate()
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
@@ -137,4 +141,38 @@ func resolve2(tb testing.TB, sshBin, cfg string, args ...string) map[string]stri
 		}
 	}
 	return m
+}
+
+// The Ciphers line reaches the pivot's Host block only, and stock ssh reads it with AES-GCM first.
+func TestSSHConfigCiphers(t *testing.T) {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("ssh is not installed")
+		}
+		t.Skip("ssh is not installed")
+	}
+	c := SSHConfig{Server: "192.0.2.1:22", Domain: "example.com", Ciphers: aesFirst}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := c.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]string{
+		"pivot":             "ciphers " + aesFirst,
+		"dev42.example.com": "ciphers chacha20-poly1305@openssh.com,", // ssh's default for the inner session
+	} {
+		out, err := exec.Command("ssh", "-G", "-F", path, host).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ssh -G %s: %v\n%s", host, err, out)
+		}
+		if !strings.Contains(string(out), "\n"+want) {
+			t.Errorf("ssh -G %s: no line starting %q in:\n%s", host, want, out)
+		}
+	}
 }
