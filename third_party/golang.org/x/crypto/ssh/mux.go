@@ -251,6 +251,18 @@ func (m *mux) onePacket() error {
 		}
 	}
 
+	// Channel data is the hot path and shallow; everything else decodes
+	// by reflection, deep enough to grow the stack of this goroutine,
+	// which parks for the connection's life and would never give the
+	// growth back (switchboard patch): it runs on a short-lived one.
+	if packet[0] != msgChannelData && packet[0] != msgChannelExtendedData {
+		onFreshStack(func() { err = m.dispatch(packet) })
+		return err
+	}
+	return m.dispatch(packet)
+}
+
+func (m *mux) dispatch(packet []byte) error {
 	switch packet[0] {
 	case msgChannelOpen:
 		return m.handleChannelOpen(packet)
